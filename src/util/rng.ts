@@ -1,0 +1,44 @@
+/**
+ * Seeded random numbers. Every random choice of the pipeline (data generation, pool draws,
+ * noise seeds) goes through one of these so a run is reproducible and its state can be
+ * checkpointed: the whole state is one 32-bit integer.
+ */
+export class Rng {
+  private s: number;
+
+  constructor(seed: number) {
+    this.s = seed >>> 0;
+  }
+
+  /** mulberry32: small, fast, and good enough for sampling decisions (not for cryptography). */
+  next(): number {
+    this.s = (this.s + 0x6d2b79f5) >>> 0;
+    let t = this.s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+
+  /** Integer in [0, n). */
+  int(n: number): number {
+    return Math.floor(this.next() * n);
+  }
+
+  /** Uniform in [lo, hi). */
+  uniform(lo: number, hi: number): number {
+    return lo + (hi - lo) * this.next();
+  }
+
+  /** A fresh 31-bit seed, for seeding tf.random* ops deterministically from this stream. */
+  seed(): number {
+    return this.int(0x7fffffff);
+  }
+
+  get state(): number {
+    return this.s;
+  }
+
+  set state(s: number) {
+    this.s = s >>> 0;
+  }
+}
