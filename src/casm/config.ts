@@ -1,0 +1,92 @@
+/**
+ * Everything a training run is made of, with the spec's defaults. The resolved config is written
+ * into every checkpoint; a resume checks the architecture against it.
+ */
+import type { MaskerConfig } from '../models/masker.js';
+import { RESNET50, type ResNetConfig } from '../models/resnet.js';
+import type { Thinning } from './pool.js';
+import { defaultLambda, type Score } from './score.js';
+
+export type ClassifierStep = 'joint' | 'two-step';
+
+export interface OptimConfig {
+  /** Classifier: SGD with momentum 0.9. */
+  classifierLr: number;
+  /** Masker: Adam. */
+  maskerLr: number;
+  momentum: number;
+  /** L2 weight decay added to the gradients, as PyTorch's optimisers do, for both. */
+  weightDecay: number;
+  /** Both learning rates are multiplied by lrDecay every lrDecayEpochs epochs. */
+  lrDecayEpochs: number;
+  lrDecay: number;
+  /** Masker gradient global-norm clip. */
+  clipNorm: number;
+}
+
+export interface TrainConfig {
+  arch: ResNetConfig;
+  masker: MaskerConfig;
+  thinning: Thinning;
+  score: Score;
+  /** lambda_R; the preset of (thinning, score) unless given. */
+  lambdaR: number;
+  /** 'joint': eq. 8 in one step (default); 'two-step': the reference's clean then masked steps. */
+  classifierStep: ClassifierStep;
+  /** SmoothGrad-style input noise level s for the classifier's training inputs; 0 = off. */
+  trainNoise: number;
+  /**
+   * Iterations that train the classifier alone (clean cross-entropy) before CASM starts. The
+   * paper starts from a pretrained classifier; a masker scored against an untrained one learns
+   * only the area penalty and collapses to empty masks. 0 with --classifier-weights.
+   */
+  warmupSteps: number;
+  optim: OptimConfig;
+  batchSize: number;
+  epochs: number;
+  /** Iterations per epoch (the reference runs 20% of ImageNet per epoch). */
+  stepsPerEpoch: number;
+  seed: number;
+}
+
+export const DEFAULT_OPTIM: OptimConfig = {
+  classifierLr: 1e-3,
+  maskerLr: 1e-3,
+  momentum: 0.9,
+  weightDecay: 1e-4,
+  lrDecayEpochs: 20,
+  lrDecay: 0.1,
+  clipNorm: 10,
+};
+
+export function defaultTrainConfig(overrides: Partial<TrainConfig> = {}): TrainConfig {
+  const thinning = overrides.thinning ?? 'L100';
+  const score = overrides.score ?? 'entropy';
+  return {
+    arch: RESNET50,
+    masker: { decoderWidth: 64, upsample: 'nearest', shareEncoder: true },
+    thinning,
+    score,
+    lambdaR: defaultLambda(thinning, score),
+    classifierStep: 'joint',
+    trainNoise: 0,
+    warmupSteps: 0,
+    optim: DEFAULT_OPTIM,
+    batchSize: 128,
+    epochs: 60,
+    stepsPerEpoch: 1000,
+    seed: 0,
+    ...overrides,
+  };
+}
+
+/** Learning rates at an epoch under the step schedule. */
+export function learningRates(optim: OptimConfig, epoch: number): { classifier: number; masker: number } {
+  const factor = optim.lrDecay ** Math.floor(epoch / optim.lrDecayEpochs);
+  return { classifier: optim.classifierLr * factor, masker: optim.maskerLr * factor };
+}
+
+/** The fields that decide the shapes of every weight: a resume must match them exactly. */
+export function architectureKey(cfg: TrainConfig): string {
+  return JSON.stringify({ arch: cfg.arch, masker: cfg.masker });
+}

@@ -1,0 +1,79 @@
+/**
+ * The losses of one CASM iteration (spec section 2): the classifier's eq. 8 and the masker's
+ * score with the reference code's adaptive lambda.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { stopGradient } from '../util/stopGradient.js';
+import type { Thinning } from './pool.js';
+
+export const SCORES = ['entropy', 'classification'] as const;
+export type Score = (typeof SCORES)[number];
+
+/** lambda_R presets per thinning strategy, [entropy, classification] (spec section 2, step 4). */
+const LAMBDA_PRESETS: Record<Thinning, [number, number]> = {
+  F: [2.5, 9],
+  L: [14, 18],
+  FL: [7.5, 11],
+  L100: [10, 17],
+  L1000: [10, 17],
+};
+
+export function defaultLambda(thinning: Thinning, score: Score): number {
+  return LAMBDA_PRESETS[thinning][score === 'entropy' ? 0 : 1];
+}
+
+/** Mean cross-entropy of integer labels under logits. */
+export function crossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D): tf.Scalar {
+  return tf.tidy(() => {
+    const logp = tf.logSoftmax(logits);
+    const picked = tf.sum(tf.mul(logp, tf.oneHot(labels, logits.shape[1])), 1);
+    return tf.neg(tf.mean(picked)) as tf.Scalar;
+  });
+}
+
+/** Classifier loss, paper eq. 8: the mean of the clean and the masked-out cross-entropies. */
+export function classifierLoss(cleanLogits: tf.Tensor2D, maskedLogits: tf.Tensor2D, labels: tf.Tensor1D): tf.Scalar {
+  return tf.tidy(() => tf.mul(0.5, tf.add(crossEntropy(cleanLogits, labels), crossEntropy(maskedLogits, labels))));
+}
+
+/** 1 where the argmax of the logits equals the label, else 0: a 0/1 constant to gradients. */
+export function correct(logits: tf.Tensor2D, labels: tf.Tensor1D): tf.Tensor1D {
+  return tf.tidy(() => stopGradient(tf.cast(tf.equal(tf.argMax(logits, 1), tf.cast(labels, 'int32')), 'float32')) as tf.Tensor1D);
+}
+
+export interface MaskerLoss {
+  loss: tf.Scalar;
+  /** Mean entropy H(p) of the masked-out predictions over the batch. */
+  entropy: tf.Scalar;
+  /** Per-image mask area mean(m_b). */
+  area: tf.Tensor1D;
+  /** Fraction of the batch under the area penalty (g_b = 1). */
+  gated: tf.Scalar;
+}
+
+/**
+ * L_m = mean_b[c_b * (-S_b)] + lambda * mean_b[g_b * mean(m_b)], with S_b the score of image b:
+ * the entropy H(p_b) of the masked-out prediction, or its cross-entropy for 'classification'.
+ * c_b: the clean image is classified correctly by the current classifier (`cleanCorrect`);
+ * g_b = c_b * [the masked-out image is misclassified by the pool's classifier]: only images that
+ * were "non-trivially confused" pay for their mask area (adaptive lambda, reference code).
+ */
+export function maskerLoss(
+  maskedLogits: tf.Tensor2D,
+  labels: tf.Tensor1D,
+  cleanCorrect: tf.Tensor1D,
+  masks: tf.Tensor4D,
+  lambda: number,
+  score: Score,
+): MaskerLoss {
+  return tf.tidy(() => {
+    const logp = tf.logSoftmax(maskedLogits);
+    const entropyPerImage = tf.neg(tf.sum(tf.mul(tf.exp(logp), logp), 1));
+    const scorePerImage =
+      score === 'entropy' ? entropyPerImage : tf.neg(tf.sum(tf.mul(logp, tf.oneHot(labels, maskedLogits.shape[1])), 1));
+    const gate = tf.mul(cleanCorrect, tf.sub(1, correct(maskedLogits, labels)));
+    const area = tf.mean(masks, [1, 2, 3]) as tf.Tensor1D;
+    const loss = tf.add(tf.mean(tf.mul(cleanCorrect, tf.neg(scorePerImage))), tf.mul(lambda, tf.mean(tf.mul(gate, area))));
+    return { loss: loss as tf.Scalar, entropy: tf.mean(entropyPerImage) as tf.Scalar, area, gated: tf.mean(gate) as tf.Scalar };
+  });
+}

@@ -1,0 +1,302 @@
+/**
+ * CasmTrainer: the models, optimisers and pool of a run, and `iteration`, the whole CASM training
+ * iteration of spec section 2 in one function.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { Masker } from '../models/masker.js';
+import { buildResNet } from '../models/resnet.js';
+import { Rng } from '../util/rng.js';
+import { stopGradient } from '../util/stopGradient.js';
+import { learningRates, type TrainConfig } from './config.js';
+import { ClassifierPool, type PoolChoice, type Snapshot } from './pool.js';
+import { classifierLoss, correct, crossEntropy, maskerLoss } from './score.js';
+
+/** What one iteration reports (plain numbers: read once per iteration in one transfer). */
+export interface StepStats {
+  step: number;
+  classifierLoss: number;
+  maskerLoss: number;
+  /** Accuracy of the current classifier on the clean batch (before its update). */
+  accClean: number;
+  /** Accuracy of the pool's classifier on the masked-out batch (what the masker fights). */
+  accMasked: number;
+  /** Mean entropy of the pool classifier's prediction on the masked-out batch. */
+  entropy: number;
+  areaMean: number;
+  /** Standard deviation of the per-image mask area across the batch. */
+  areaStd: number;
+  /** Fraction of the batch under the area penalty (adaptive lambda). */
+  gated: number;
+  lambda: number;
+  lrClassifier: number;
+  lrMasker: number;
+  /** Whether the masker was scored against the current classifier or a snapshot. */
+  scoredBy: PoolChoice['kind'];
+}
+
+export class NonFiniteLossError extends Error {}
+
+export class CasmTrainer {
+  readonly classifier: tf.LayersModel;
+  readonly masker: Masker;
+  readonly pool: ClassifierPool;
+  readonly rng: Rng;
+  /** Iterations done so far. */
+  step = 0;
+  readonly classifierOpt: tf.MomentumOptimizer;
+  readonly maskerOpt: tf.AdamOptimizer;
+  /** Built on first use: the classifier architecture that runs pool snapshots in inference mode. */
+  private snapshotModel: tf.LayersModel | null = null;
+  private loadedSnapshot: Snapshot | null = null;
+
+  constructor(readonly config: TrainConfig) {
+    this.rng = new Rng(config.seed);
+    this.classifier = buildResNet(config.arch, 'classifier', config.seed * 10_000);
+    this.masker = new Masker(config.arch, config.masker, config.seed * 10_000 + 5_000);
+    this.pool = new ClassifierPool(config.thinning);
+    const lr = learningRates(config.optim, 0);
+    this.classifierOpt = tf.train.momentum(lr.classifier, config.optim.momentum);
+    this.maskerOpt = tf.train.adam(lr.masker, 0.9, 0.999, 1e-8);
+  }
+
+  get epoch(): number {
+    return Math.floor(this.step / this.config.stepsPerEpoch);
+  }
+
+  /** One iteration on a batch (x NHWC normalised images, y int32 labels): warm-up, then CASM. */
+  iteration(x: tf.Tensor4D, y: tf.Tensor1D): StepStats {
+    return this.step < this.config.warmupSteps ? this.warmup(x, y) : this.casmIteration(x, y);
+  }
+
+  /** Classifier alone on clean images: SGD on the cross-entropy. */
+  private warmup(x: tf.Tensor4D, y: tf.Tensor1D): StepStats {
+    const lr = learningRates(this.config.optim, this.epoch);
+    this.classifierOpt.setLearningRate(lr.classifier);
+    const [loss, acc] = tf.tidy(() => {
+      let logits!: tf.Tensor2D;
+      const value = this.classifierUpdate(() => {
+        logits = tf.keep((this.classifier.apply(this.noisy(x), { training: true }) as tf.Tensor[])[5] as tf.Tensor2D);
+        return crossEntropy(logits, y);
+      });
+      const acc = tf.mean(correct(logits, y));
+      logits.dispose();
+      return tf.stack([value, acc]).dataSync();
+    });
+    this.step += 1;
+    return {
+      step: this.step,
+      classifierLoss: loss,
+      maskerLoss: NaN,
+      accClean: acc,
+      accMasked: NaN,
+      entropy: NaN,
+      areaMean: NaN,
+      areaStd: NaN,
+      gated: NaN,
+      lambda: this.config.lambdaR,
+      lrClassifier: lr.classifier,
+      lrMasker: 0,
+      scoredBy: 'current',
+    };
+  }
+
+  /** One CASM iteration (spec section 2). */
+  private casmIteration(x: tf.Tensor4D, y: tf.Tensor1D): StepStats {
+    const cfg = this.config;
+    // F's f_0 and the pool start from the classifier as CASM training begins (after any warm-up).
+    this.pool.initialize(() => this.classifierWeights());
+    const lr = learningRates(cfg.optim, this.epoch);
+    this.classifierOpt.setLearningRate(lr.classifier);
+    // AdamOptimizer has no setter; its learningRate field is read on every update.
+    (this.maskerOpt as unknown as { learningRate: number }).learningRate = lr.masker;
+    const kept: tf.Tensor[] = [];
+    const keep = <T extends tf.Tensor>(t: T): T => {
+      kept.push(tf.keep(t));
+      return t;
+    };
+    try {
+      return tf.tidy(() => {
+        // The classifier f' that will see the masked-out image in the masker step (step 3's table).
+        const choice = this.pool.choose(this.rng);
+
+        // 1-2. Features and logits of f_k, masks, and the classifier update on clean + masked-out images.
+        let features: tf.Tensor[] = [];
+        let cleanLogits!: tf.Tensor2D;
+        let masks!: tf.Tensor4D;
+        const forward = (training: boolean, input: tf.Tensor4D) => {
+          const out = this.classifier.apply(input, { training }) as tf.Tensor[];
+          features = out.slice(0, 5).map(keep);
+          cleanLogits = keep(out[5] as tf.Tensor2D);
+          masks = keep(stopGradient(this.masker.apply(x, features, true)));
+        };
+        const maskedOut = (m: tf.Tensor4D) => tf.mul(tf.sub(1, m), x) as tf.Tensor4D;
+        let clsLoss: tf.Scalar;
+        if (cfg.thinning === 'F') {
+          // The classifier-dependent baseline: f_0 is fixed, it only provides features.
+          forward(false, x);
+          clsLoss = classifierLoss(cleanLogits, (this.classifier.apply(maskedOut(masks)) as tf.Tensor[])[5] as tf.Tensor2D, y);
+        } else if (cfg.classifierStep === 'joint') {
+          clsLoss = this.classifierUpdate(() => {
+            forward(true, this.noisy(x));
+            const maskedLogits = (this.classifier.apply(this.noisy(maskedOut(masks)), { training: true }) as tf.Tensor[])[5];
+            return classifierLoss(cleanLogits, maskedLogits as tf.Tensor2D, y);
+          });
+        } else {
+          // Reference code: a clean step, then a masked step only if the current classifier is f'.
+          clsLoss = this.classifierUpdate(() => {
+            forward(true, this.noisy(x));
+            return crossEntropy(cleanLogits, y);
+          });
+          if (choice.kind === 'current') {
+            this.classifierUpdate(() =>
+              crossEntropy((this.classifier.apply(this.noisy(maskedOut(masks)), { training: true }) as tf.Tensor[])[5] as tf.Tensor2D, y),
+            );
+          }
+        }
+        const cleanCorrect = correct(cleanLogits, y);
+
+        // 3. Pool update (thinning): snapshot the updated classifier when the strategy says so.
+        this.pool.update(this.step - cfg.warmupSteps, () => this.classifierWeights(), this.rng);
+
+        // 4. Masker update: masks recomputed under the tape (same weights, same input, same masks),
+        // scored by f' as it is now. The decoder's BN statistics were updated by step 1 already.
+        const scorer = this.scorer(choice);
+        let parts!: ReturnType<typeof maskerLoss>;
+        let maskedCorrect!: tf.Tensor1D;
+        const { value: mLoss, grads } = withFrozenStatistics(this.masker.models, () =>
+          tf.variableGrads(() => {
+            const m = this.masker.apply(x, features, true);
+            const maskedLogits = scorer(maskedOut(m));
+            parts = maskerLoss(maskedLogits, y, cleanCorrect, m, cfg.lambdaR, cfg.score);
+            [parts.area, parts.entropy, parts.gated].forEach(keep);
+            maskedCorrect = keep(correct(maskedLogits, y));
+            return parts.loss;
+          }, variables(this.masker.trainableWeights)),
+        );
+        this.checkFinite(mLoss, 'masker loss');
+        this.applyGradients(this.maskerOpt, this.masker.trainableWeights, grads, cfg.optim.clipNorm);
+
+        const [areaMean, areaVar] = [tf.mean(parts.area), tf.moments(parts.area).variance];
+        const values = tf
+          .stack([clsLoss, mLoss, tf.mean(cleanCorrect), tf.mean(maskedCorrect), parts.entropy, areaMean, tf.sqrt(areaVar), parts.gated])
+          .dataSync();
+        this.step += 1;
+        return {
+          step: this.step,
+          classifierLoss: values[0],
+          maskerLoss: values[1],
+          accClean: values[2],
+          accMasked: values[3],
+          entropy: values[4],
+          areaMean: values[5],
+          areaStd: values[6],
+          gated: values[7],
+          lambda: cfg.lambdaR,
+          lrClassifier: lr.classifier,
+          lrMasker: lr.masker,
+          scoredBy: choice.kind,
+        };
+      });
+    } finally {
+      for (const t of kept) t.dispose();
+    }
+  }
+
+  /** Masks in inference mode: the classifier's features of x, decoded. */
+  masks(x: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => {
+      const features = (this.classifier.apply(x, { training: false }) as tf.Tensor[]).slice(0, 5);
+      return this.masker.apply(x, features, false);
+    });
+  }
+
+  /** SmoothGrad-style training noise: x + N(0, (s * (max(x) - min(x)))^2), range per image. */
+  private noisy(x: tf.Tensor4D): tf.Tensor4D {
+    const s = this.config.trainNoise;
+    if (s <= 0) return x;
+    return tf.tidy(() => {
+      const range = tf.sub(tf.max(x, [1, 2, 3], true), tf.min(x, [1, 2, 3], true));
+      return tf.add(x, tf.mul(tf.randomNormal(x.shape, 0, 1, 'float32', this.rng.seed()), tf.mul(s, range))) as tf.Tensor4D;
+    });
+  }
+
+  /** One SGD step of the classifier on `loss`; returns the loss (before the step). */
+  private classifierUpdate(loss: () => tf.Scalar): tf.Scalar {
+    const { value, grads } = tf.variableGrads(loss, variables(this.classifier.trainableWeights));
+    this.checkFinite(value, 'classifier loss');
+    this.applyGradients(this.classifierOpt, this.classifier.trainableWeights, grads, 0);
+    return value;
+  }
+
+  /** The function giving f' logits: the current classifier (training mode, as the reference) or a snapshot. */
+  private scorer(choice: PoolChoice): (img: tf.Tensor4D) => tf.Tensor2D {
+    if (choice.kind === 'current') {
+      return (img) => (this.classifier.apply(img, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D;
+    }
+    const model = this.loadSnapshot(this.pool.snapshots[choice.index]);
+    return (img) => (model.apply(img, { training: false }) as tf.Tensor[])[5] as tf.Tensor2D;
+  }
+
+  private loadSnapshot(snapshot: Snapshot): tf.LayersModel {
+    this.snapshotModel ??= buildResNet(this.config.arch, 'snapshot');
+    if (this.loadedSnapshot !== snapshot) {
+      const model = this.snapshotModel;
+      tf.tidy(() => model.setWeights(snapshot.weights.map((w, i) => tf.tensor(w, model.weights[i].shape as number[]))));
+      this.loadedSnapshot = snapshot;
+    }
+    return this.snapshotModel;
+  }
+
+  /** A copy of every classifier weight (BN statistics too), off the accelerator. */
+  classifierWeights(): Float32Array[] {
+    return this.classifier.getWeights().map((w) => Float32Array.from(w.dataSync()));
+  }
+
+  /**
+   * Global-norm clipping (if clip > 0), then PyTorch-style L2 weight decay (g + wd * w), then the
+   * optimiser step. Clipping first matches clip_grad_norm_ before optimizer.step() in PyTorch.
+   */
+  private applyGradients(opt: tf.Optimizer, weights: tf.LayerVariable[], grads: tf.NamedTensorMap, clip: number): void {
+    tf.tidy(() => {
+      const wd = this.config.optim.weightDecay;
+      const names = variables(weights).map((v) => v.name);
+      let scale: tf.Scalar | number = 1;
+      if (clip > 0) {
+        const norm = tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(grads[n])))));
+        scale = tf.minimum(1, tf.div(clip, tf.add(norm, 1e-6))) as tf.Scalar;
+      }
+      const update: tf.NamedTensorMap = {};
+      names.forEach((n, i) => {
+        update[n] = tf.add(tf.mul(grads[n], scale), tf.mul(wd, weights[i].read()));
+      });
+      opt.applyGradients(update);
+    });
+  }
+
+  private checkFinite(loss: tf.Scalar, what: string): void {
+    const v = loss.dataSync()[0];
+    if (!Number.isFinite(v)) {
+      throw new NonFiniteLossError(`step ${this.step + 1}: ${what} is ${v}; stopping before the update (the last checkpoint is untouched)`);
+    }
+  }
+}
+
+/** The engine variables behind layer weights (LayerVariable.read() is typed as a plain Tensor). */
+function variables(weights: tf.LayerVariable[]): tf.Variable[] {
+  return weights.map((w) => w.read() as tf.Variable);
+}
+
+/**
+ * Runs fn with the models' BatchNorm moving statistics restored afterwards, for a second
+ * training-mode forward over a batch whose statistics were already taken into account.
+ */
+function withFrozenStatistics<T>(models: tf.LayersModel[], fn: () => T): T {
+  const stats = models.flatMap((m) => m.nonTrainableWeights);
+  const saved = stats.map((v) => tf.keep(v.read().clone()));
+  try {
+    return fn();
+  } finally {
+    stats.forEach((v, i) => v.write(saved[i]));
+    for (const t of saved) t.dispose();
+  }
+}

@@ -1,0 +1,206 @@
+/**
+ * Checkpoints: everything a run needs to continue exactly where it stopped. One directory per
+ * checkpoint (`ckpt-00001000/`), built under a temporary name and renamed into place, and a
+ * `latest` file replaced atomically last; a crash at any point leaves the previous checkpoint
+ * whole. Every file's sha256 is recorded in state.json, so corruption is found on load.
+ *
+ *   state.json                   step, RNG state, pool steps, full config, file hashes
+ *   classifier.safetensors       every classifier weight (BN statistics too), model order
+ *   masker.safetensors           every masker weight
+ *   optim-classifier.safetensors SGD momentum buffers
+ *   optim-masker.safetensors     Adam moments and iteration count
+ *   pool.safetensors             the pool's snapshots
+ */
+import * as tf from '@tensorflow/tfjs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { architectureKey, type TrainConfig } from '../casm/config.js';
+import type { CasmTrainer } from '../casm/trainer.js';
+import { readSafetensors, writeSafetensors, type TensorToWrite as TensorEntry } from '../io/safetensors.js';
+import { writeFileAtomic } from '../util/atomicWrite.js';
+import { PROJECT_VERSION } from '../version.js';
+
+export const CHECKPOINT_FORMAT = 'casm-ts-checkpoint';
+export const CHECKPOINT_VERSION = 1;
+
+export interface CheckpointState {
+  format: typeof CHECKPOINT_FORMAT;
+  version: number;
+  projectVersion: string;
+  step: number;
+  rngState: number;
+  config: TrainConfig;
+  /** Iteration of each pool snapshot, in pool order. */
+  poolSteps: number[];
+  /** sha256 of every weight file. */
+  files: Record<string, string>;
+}
+
+/** A checkpoint that cannot be used; the message names the file and the problem. */
+export class CheckpointError extends Error {}
+
+const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+function modelEntries(models: tf.LayersModel[]): TensorEntry[] {
+  return models.flatMap((m, k) =>
+    m.weights.map((w, i) => ({ name: `${k}/${i}/${w.originalName}`, shape: w.shape as number[], data: Float32Array.from(w.read().dataSync()) })),
+  );
+}
+
+/**
+ * Adam's bias-correction powers beta^t live outside getWeights(); setWeights() recomputes them with
+ * pow(), which differs from the running product in the last bits, enough to make a resumed run
+ * drift from a straight one. They are saved and restored as they are.
+ */
+const ADAM_POWERS = ['accBeta1', 'accBeta2'] as const;
+type AdamPowers = Partial<Record<(typeof ADAM_POWERS)[number], tf.Variable>>;
+
+async function optimizerEntries(opt: tf.Optimizer): Promise<TensorEntry[]> {
+  const weights = await opt.getWeights();
+  // Names carry the index: the optimisers restore their slots by position.
+  const entries = weights.map((w, i) => ({ name: `${i}/${w.name}`, shape: w.tensor.shape, data: Float32Array.from(w.tensor.dataSync()) }));
+  for (const key of ADAM_POWERS) {
+    const v = (opt as unknown as AdamPowers)[key];
+    if (v) entries.push({ name: key, shape: v.shape, data: Float32Array.from(v.dataSync()) });
+  }
+  return entries;
+}
+
+/** Writes a checkpoint of the trainer into runDir and points `latest` at it. Returns its path. */
+export async function saveCheckpoint(runDir: string, trainer: CasmTrainer, keep = 2): Promise<string> {
+  mkdirSync(runDir, { recursive: true });
+  const name = `ckpt-${String(trainer.step).padStart(8, '0')}`;
+  const final = join(runDir, name);
+  const tmp = join(runDir, `.${name}.tmp-${process.pid}`);
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp);
+  const groups: Record<string, TensorEntry[]> = {
+    'classifier.safetensors': modelEntries([trainer.classifier]),
+    'masker.safetensors': modelEntries(trainer.masker.models),
+    'optim-classifier.safetensors': await optimizerEntries(trainer.classifierOpt),
+    'optim-masker.safetensors': await optimizerEntries(trainer.maskerOpt),
+    'pool.safetensors': trainer.pool.snapshots.flatMap((s, j) =>
+      s.weights.map((data, i) => ({ name: `${j}/${i}`, shape: [data.length], data })),
+    ),
+  };
+  const files: Record<string, string> = {};
+  for (const [file, entries] of Object.entries(groups)) {
+    writeSafetensors(join(tmp, file), entries);
+    files[file] = sha256(join(tmp, file));
+  }
+  const state: CheckpointState = {
+    format: CHECKPOINT_FORMAT,
+    version: CHECKPOINT_VERSION,
+    projectVersion: PROJECT_VERSION,
+    step: trainer.step,
+    rngState: trainer.rng.state,
+    config: trainer.config,
+    poolSteps: trainer.pool.snapshots.map((s) => s.step),
+    files,
+  };
+  writeFileSync(join(tmp, 'state.json'), JSON.stringify(state, null, 2));
+  if (existsSync(final)) rmSync(final, { recursive: true });
+  renameSync(tmp, final);
+  writeFileAtomic(join(runDir, 'latest'), name + '\n');
+  // Older checkpoints go only after the new one is in place.
+  const all = readdirSync(runDir).filter((d) => /^ckpt-\d{8}$/.test(d)).sort();
+  for (const old of all.slice(0, Math.max(0, all.length - keep))) rmSync(join(runDir, old), { recursive: true, force: true });
+  return final;
+}
+
+/** A run directory (its `latest` checkpoint) or a checkpoint directory -> the checkpoint directory. */
+export function resolveCheckpoint(path: string): string {
+  if (!existsSync(path)) throw new CheckpointError(`${path}: no such checkpoint or run directory`);
+  if (existsSync(join(path, 'state.json'))) return path;
+  const latest = join(path, 'latest');
+  if (!existsSync(latest)) throw new CheckpointError(`${path}: neither a checkpoint (no state.json) nor a run directory (no latest)`);
+  const dir = join(path, readFileSync(latest, 'utf8').trim());
+  if (!existsSync(join(dir, 'state.json'))) throw new CheckpointError(`${latest}: points at ${dir}, which has no state.json`);
+  return dir;
+}
+
+/** Reads and verifies state.json and the hashes of every file it lists. */
+export function readCheckpointState(dir: string): CheckpointState {
+  const path = join(dir, 'state.json');
+  let state: CheckpointState;
+  try {
+    state = JSON.parse(readFileSync(path, 'utf8')) as CheckpointState;
+  } catch (e) {
+    throw new CheckpointError(`${path}: unreadable checkpoint state (${(e as Error).message})`);
+  }
+  if (state.format !== CHECKPOINT_FORMAT || typeof state.step !== 'number' || !state.config || !state.files) {
+    throw new CheckpointError(`${path}: not a ${CHECKPOINT_FORMAT} state file`);
+  }
+  if (state.version !== CHECKPOINT_VERSION) {
+    throw new CheckpointError(`${path}: checkpoint format version ${state.version}, this build reads ${CHECKPOINT_VERSION}`);
+  }
+  for (const [file, hash] of Object.entries(state.files)) {
+    const p = join(dir, file);
+    if (!existsSync(p)) throw new CheckpointError(`${p}: missing from the checkpoint`);
+    if (sha256(p) !== hash) throw new CheckpointError(`${p}: corrupt (sha256 differs from state.json)`);
+  }
+  return state;
+}
+
+function loadModels(dir: string, file: string, models: tf.LayersModel[]): void {
+  const path = join(dir, file);
+  const tensors = readSafetensors(path).tensors;
+  const weights = models.flatMap((m, k) => m.weights.map((w, i) => ({ w, key: `${k}/${i}/${w.originalName}` })));
+  if (tensors.size !== weights.length) {
+    throw new CheckpointError(`${path}: ${tensors.size} tensors, the model has ${weights.length} weights`);
+  }
+  const values = weights.map(({ w, key }) => {
+    const t = tensors.get(key);
+    if (!t) throw new CheckpointError(`${path}: no tensor ${key}`);
+    if (t.shape.join(',') !== w.shape.join(',')) {
+      throw new CheckpointError(`${path}: ${key} has shape [${t.shape}], the model expects [${w.shape}]`);
+    }
+    return t.data;
+  });
+  tf.tidy(() => weights.forEach(({ w }, i) => w.write(tf.tensor(values[i], w.shape as number[]))));
+}
+
+async function loadOptimizer(dir: string, file: string, opt: tf.Optimizer): Promise<void> {
+  const tensors = readSafetensors(join(dir, file)).tensors;
+  const entries = [...tensors.entries()]
+    .filter(([name]) => !(ADAM_POWERS as readonly string[]).includes(name))
+    .map(([name, t]) => ({ index: Number(name.split('/')[0]), name: name.slice(name.indexOf('/') + 1), t }))
+    .sort((a, b) => a.index - b.index);
+  if (entries.length === 0) return; // saved before the first update
+  const named = entries.map(({ name, t }) => ({ name, tensor: tf.tensor(t.data, t.shape) }));
+  await opt.setWeights(named);
+  for (const n of named) n.tensor.dispose();
+  for (const key of ADAM_POWERS) {
+    const saved = tensors.get(key);
+    const v = (opt as unknown as AdamPowers)[key];
+    if (saved && v) tf.tidy(() => v.assign(tf.tensor(saved.data, v.shape)));
+  }
+}
+
+/**
+ * Restores a trainer built from the checkpoint's config (see `checkpointConfig`). The trainer
+ * must have the same architecture; anything else is an error naming the checkpoint.
+ */
+export async function loadCheckpoint(dir: string, trainer: CasmTrainer, state = readCheckpointState(dir)): Promise<void> {
+  if (architectureKey(state.config) !== architectureKey(trainer.config)) {
+    throw new CheckpointError(
+      `${dir}: architecture differs: checkpoint ${architectureKey(state.config)}, this run ${architectureKey(trainer.config)}`,
+    );
+  }
+  loadModels(dir, 'classifier.safetensors', [trainer.classifier]);
+  loadModels(dir, 'masker.safetensors', trainer.masker.models);
+  await loadOptimizer(dir, 'optim-classifier.safetensors', trainer.classifierOpt);
+  await loadOptimizer(dir, 'optim-masker.safetensors', trainer.maskerOpt);
+  const pool = readSafetensors(join(dir, 'pool.safetensors')).tensors;
+  trainer.pool.snapshots = state.poolSteps.map((step, j) => ({
+    step,
+    weights: trainer.classifier.weights.map((_, i) => {
+      const t = pool.get(`${j}/${i}`);
+      if (!t) throw new CheckpointError(`${join(dir, 'pool.safetensors')}: snapshot ${j} lacks weight ${i}`);
+      return t.data;
+    }),
+  }));
+  trainer.step = state.step;
+  trainer.rng.state = state.rngState;
+}

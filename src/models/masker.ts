@@ -1,0 +1,116 @@
+/**
+ * The masker m: a decoder over the classifier's five feature maps (spec section 1), optionally with
+ * an encoder of its own (the non-shared ablation). With the shared encoder the masker owns only the
+ * decoder; the features it reads are stop-gradient, so the masker loss never trains the classifier.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { stopGradient } from '../util/stopGradient.js';
+import { buildResNet, featureChannels, heNormalFanOut, Seeds, type ResNetConfig } from './resnet.js';
+
+export type Upsample = 'nearest' | 'bilinear' | 'deconv';
+
+export interface MaskerConfig {
+  /** Channels each stage is projected to before concatenation (64 in the reference). */
+  decoderWidth: number;
+  /** How the decoder goes up in resolution: fixed nearest/bilinear, or learned transposed convs. */
+  upsample: Upsample;
+  /** false: the masker owns a second ResNet encoder (ablation). */
+  shareEncoder: boolean;
+}
+
+export const DEFAULT_MASKER: MaskerConfig = { decoderWidth: 64, upsample: 'nearest', shareEncoder: true };
+
+/**
+ * Builds the decoder: inputs are the five feature maps, output the mask N x H x W x 1 in [0, 1].
+ * Stage k (1..4) goes 1x1 conv -> BN -> ReLU -> up by 2^(k-1) to H/4; the stem pool features pass
+ * unchanged; the concatenation goes 3x3 conv (bias) -> sigmoid -> up x4 to H x W. The stage
+ * upsampling is bilinear (reference); `upsample` picks the final x4 (nearest by default, bilinear),
+ * or 'deconv' replaces every fixed upsampling by a learned transposed convolution.
+ */
+export function buildDecoder(cls: ResNetConfig, cfg: MaskerConfig, name = 'decoder', seed = 0): tf.LayersModel {
+  const seeds = new Seeds(seed);
+  // The reference initialises every decoder conv like the ResNet's: N(0, sqrt(2 / (k*k*out))).
+  const he = (kernel: number, out: number) => heNormalFanOut(kernel, out, seeds);
+  const channels = featureChannels(cls);
+  const s4 = cls.inputSize / 4;
+  if (!Number.isInteger(cls.inputSize / 32)) throw new Error(`input size ${cls.inputSize} must be a multiple of 32`);
+  const inputs = channels.map((c, k) => {
+    const side = k === 0 ? s4 : s4 / 2 ** (k - 1);
+    return tf.input({ shape: [side, side, c], name: `${name}_in${k}` });
+  });
+  const branches: tf.SymbolicTensor[] = [inputs[0]];
+  for (let k = 1; k <= 4; k++) {
+    let y = tf.layers
+      .conv2d({ name: `${name}_proj${k}`, filters: cfg.decoderWidth, kernelSize: 1, useBias: false, kernelInitializer: he(1, cfg.decoderWidth) })
+      .apply(inputs[k]) as tf.SymbolicTensor;
+    y = tf.layers.batchNormalization({ name: `${name}_bn${k}`, epsilon: 1e-5, momentum: 0.9 }).apply(y) as tf.SymbolicTensor;
+    y = tf.layers.reLU({ name: `${name}_relu${k}` }).apply(y) as tf.SymbolicTensor;
+    const factor = 2 ** (k - 1);
+    if (factor > 1) {
+      y = up(y, `${name}_up${k}`, factor, cfg.upsample === 'deconv' ? 'deconv' : 'bilinear', cfg.decoderWidth, () => he(factor, cfg.decoderWidth));
+    }
+    branches.push(y);
+  }
+  const cat = tf.layers.concatenate({ name: `${name}_concat`, axis: -1 }).apply(branches) as tf.SymbolicTensor;
+  let m = tf.layers
+    .conv2d({ name: `${name}_out`, filters: 1, kernelSize: 3, padding: 'same', useBias: true, kernelInitializer: he(3, 1) })
+    .apply(cat) as tf.SymbolicTensor;
+  if (cfg.upsample === 'deconv') {
+    // Learned x4 before the sigmoid, so the output stays a probability.
+    m = up(m, `${name}_upout`, 4, 'deconv', 1, () => he(4, 1));
+    m = tf.layers.activation({ name: `${name}_sigmoid`, activation: 'sigmoid' }).apply(m) as tf.SymbolicTensor;
+  } else {
+    m = tf.layers.activation({ name: `${name}_sigmoid`, activation: 'sigmoid' }).apply(m) as tf.SymbolicTensor;
+    m = up(m, `${name}_upout`, 4, cfg.upsample, 1, () => he(4, 1));
+  }
+  return tf.model({ inputs, outputs: m, name });
+}
+
+function up(
+  x: tf.SymbolicTensor,
+  name: string,
+  factor: number,
+  mode: Upsample,
+  filters: number,
+  init: () => ReturnType<typeof heNormalFanOut>,
+): tf.SymbolicTensor {
+  if (mode === 'deconv') {
+    return tf.layers
+      .conv2dTranspose({ name, filters, kernelSize: factor, strides: factor, padding: 'same', useBias: false, kernelInitializer: init() })
+      .apply(x) as tf.SymbolicTensor;
+  }
+  return tf.layers.upSampling2d({ name, size: [factor, factor], interpolation: mode }).apply(x) as tf.SymbolicTensor;
+}
+
+/** The mask network: decoder plus, in the non-shared ablation, an encoder of its own. */
+export class Masker {
+  readonly decoder: tf.LayersModel;
+  /** null: the encoder is the classifier's own trunk (default). */
+  readonly encoder: tf.LayersModel | null;
+
+  constructor(cls: ResNetConfig, readonly config: MaskerConfig, seed = 0) {
+    this.decoder = buildDecoder(cls, config, 'decoder', seed);
+    this.encoder = config.shareEncoder ? null : buildResNet(cls, 'masker_encoder', seed + 1000);
+  }
+
+  /** Weights the masker loss trains. */
+  get trainableWeights(): tf.LayerVariable[] {
+    return [...(this.encoder?.trainableWeights ?? []), ...this.decoder.trainableWeights];
+  }
+
+  /** Every weight (BN statistics too), in a fixed order: what checkpoints and export save. */
+  get models(): tf.LayersModel[] {
+    return this.encoder ? [this.encoder, this.decoder] : [this.decoder];
+  }
+
+  /**
+   * Masks for images x. `sharedFeatures` are the classifier's feature maps of x (used, with
+   * stop-gradient, when the encoder is shared); the non-shared masker encodes x itself.
+   */
+  apply(x: tf.Tensor4D, sharedFeatures: tf.Tensor[], training: boolean): tf.Tensor4D {
+    const features = this.encoder
+      ? (this.encoder.apply(x, { training }) as tf.Tensor[]).slice(0, 5)
+      : sharedFeatures.map((f) => stopGradient(f));
+    return this.decoder.apply(features, { training }) as tf.Tensor4D;
+  }
+}

@@ -1,0 +1,127 @@
+/**
+ * Training runs end to end on the built-in digits with a tiny model: resume continues exactly
+ * (2N straight == N, stop, resume N), and bad checkpoints or losses fail loudly while the last
+ * good checkpoint stays whole.
+ */
+import assert from 'node:assert/strict';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { defaultTrainConfig, type TrainConfig } from '../src/casm/config.js';
+import { runTraining, type RunOptions } from '../src/casm/train.js';
+import { CheckpointError, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
+import { readSafetensors } from '../src/io/safetensors.js';
+import { useTestBackend } from './helpers/backend.js';
+
+const root = mkdtempSync(join(tmpdir(), 'casm-ckpt-'));
+before(async () => {
+  await useTestBackend();
+});
+after(() => rmSync(root, { recursive: true, force: true }));
+
+function config(over: Partial<TrainConfig> = {}): TrainConfig {
+  return defaultTrainConfig({
+    arch: { depths: [1, 1, 1, 1], width: 4, classes: 10, inputSize: 64 },
+    masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true },
+    batchSize: 8,
+    epochs: 100,
+    warmupSteps: 5,
+    seed: 3,
+    optim: { ...defaultTrainConfig().optim, classifierLr: 0.01, lrDecayEpochs: 4 },
+    ...over,
+  });
+}
+
+function options(outDir: string, over: Partial<RunOptions> = {}): RunOptions {
+  return {
+    config: config(),
+    outDir,
+    trainCount: 400,
+    valCount: 16,
+    checkpointEvery: 1000,
+    logEvery: 1000,
+    imageEvery: 1000,
+    log: () => {},
+    ...over,
+  };
+}
+
+function tensorsOf(dir: string, file: string): Map<string, Float32Array> {
+  return new Map([...readSafetensors(join(dir, file)).tensors].map(([k, t]) => [k, t.data]));
+}
+
+function maxRelDiff(a: Map<string, Float32Array>, b: Map<string, Float32Array>): number {
+  assert.deepEqual([...a.keys()], [...b.keys()]);
+  let worst = 0;
+  for (const [k, x] of a) {
+    const y = b.get(k)!;
+    assert.equal(x.length, y.length, k);
+    for (let i = 0; i < x.length; i++) worst = Math.max(worst, Math.abs(x[i] - y[i]) / Math.max(1, Math.abs(x[i])));
+  }
+  return worst;
+}
+
+// L100 over 2N = 230 iterations (5 warm-up): snapshots at CASM steps 0, 100 before the stop at
+// N = 115 and 200 after it; the learning rate drops at epoch 4 (step 200, 50 steps an epoch).
+const N = 115;
+let straight = '';
+
+test('resume: 2N straight equals N, stop, resume N (step, pool, optimiser states, weights, losses)', async () => {
+  const a = join(root, 'a');
+  const resA = await runTraining(options(a, { checkpointEvery: N, maxSteps: 2 * N }));
+  straight = resA.checkpoint;
+  const b = join(root, 'b');
+  const resB = await runTraining(options(b, { resume: join(a, `ckpt-${String(N).padStart(8, '0')}`), maxSteps: 2 * N }));
+
+  const sa = readCheckpointState(resA.checkpoint);
+  const sb = readCheckpointState(resB.checkpoint);
+  assert.equal(sa.step, 2 * N);
+  assert.equal(sb.step, 2 * N);
+  assert.deepEqual(sa.poolSteps, [0, 100, 200]);
+  assert.deepEqual(sb.poolSteps, sa.poolSteps);
+  assert.equal(sb.rngState, sa.rngState);
+  for (const file of ['classifier.safetensors', 'masker.safetensors', 'optim-classifier.safetensors', 'optim-masker.safetensors', 'pool.safetensors']) {
+    const d = maxRelDiff(tensorsOf(resA.checkpoint, file), tensorsOf(resB.checkpoint, file));
+    assert.ok(d < 1e-4, `${file} differs by ${d}`);
+  }
+  const la = resA.last!;
+  const lb = resB.last!;
+  assert.equal(lb.step, la.step);
+  assert.equal(la.lrClassifier, 0.001, 'the step schedule decayed the learning rate');
+  for (const k of ['classifierLoss', 'maskerLoss', 'areaMean', 'entropy'] as const) {
+    assert.ok(Math.abs(la[k] - lb[k]) < 1e-4 * Math.max(1, Math.abs(la[k])), `${k}: ${la[k]} vs ${lb[k]}`);
+  }
+  assert.deepEqual(resB.eval, resA.eval);
+});
+
+test('a corrupt checkpoint is refused, naming the file', () => {
+  const bad = join(root, 'corrupt');
+  cpSync(straight, bad, { recursive: true });
+  const file = join(bad, 'masker.safetensors');
+  const bytes = readFileSync(file);
+  bytes[bytes.length - 3] ^= 0xff;
+  writeFileSync(file, bytes);
+  assert.throws(() => readCheckpointState(bad), (e: Error) => e instanceof CheckpointError && e.message.includes(`${file}: corrupt`));
+  writeFileSync(join(bad, 'state.json'), '{"format": "casm-ts-checkpoint", ');
+  assert.throws(() => readCheckpointState(bad), /state\.json: unreadable checkpoint state/);
+  assert.throws(() => resolveCheckpoint(join(root, 'nope')), /nope: no such checkpoint or run directory/);
+});
+
+test('resuming with another architecture is refused, naming the checkpoint', async () => {
+  const wider = config({ arch: { depths: [1, 1, 1, 1], width: 8, classes: 10, inputSize: 64 } });
+  await assert.rejects(
+    runTraining(options(join(root, 'c'), { config: wider, resume: straight })),
+    (e: Error) => e instanceof CheckpointError && e.message.includes(straight) && /width/.test(e.message),
+  );
+});
+
+test('a non-finite loss stops the run naming the step; the last good checkpoint is untouched', async () => {
+  const dir = join(root, 'nan');
+  // Warm-up ignores lambda; the first CASM iteration (step 7) meets lambda = Infinity.
+  const opts = options(dir, { config: config({ warmupSteps: 6, lambdaR: Infinity }), checkpointEvery: 3, maxSteps: 20 });
+  await assert.rejects(runTraining(opts), /step 7: masker loss is (NaN|Infinity)/);
+  const latest = resolveCheckpoint(dir);
+  assert.match(latest, /ckpt-00000006$/);
+  assert.equal(readCheckpointState(latest).step, 6); // hashes verified
+});

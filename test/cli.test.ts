@@ -1,0 +1,61 @@
+/** The command line as a user meets it: help with defaults, exit code 2 for bad invocations. */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { repoRoot } from './helpers/python.js';
+
+const cli = join(repoRoot, 'dist', 'src', 'cli.js');
+const tmp = mkdtempSync(join(tmpdir(), 'casm-cli-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+function casm(...args: string[]) {
+  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 120_000 });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+test('casm train --help lists every option with its default', () => {
+  const { code, out } = casm('train', '--help');
+  assert.equal(code, 0);
+  for (const flag of ['--thinning', '--score', '--lambda-r', '--train-noise', '--resume', '--classifier-weights', '--backend', '--no-share-encoder', '--upsample', '--warmup-steps', '--seed']) {
+    assert.ok(out.includes(flag), `help lacks ${flag}`);
+  }
+  assert.match(out, /--thinning <strategy>[\s\S]*choices: "F", "L", "FL", "L100", "L1000"[\s\S]*default: "L100"/);
+  assert.match(out, /--backend <name>[\s\S]*default: "auto"/);
+  assert.match(out, /--batch-size <n>[\s\S]*default: 32/);
+});
+
+test('casm --help names the train command', () => {
+  const { code, out } = casm('--help');
+  assert.equal(code, 0);
+  assert.match(out, /train \[options\]/);
+});
+
+test('bad invocations exit with code 2 and say what is wrong', () => {
+  const cases: [string[], RegExp][] = [
+    [['train', '--thinning', 'L7'], /argument 'L7' is invalid.*Allowed choices are F, L, FL, L100, L1000/],
+    [['train', '--batch-size', 'many'], /--batch-size.*expected an integer >= 1/],
+    [['train', '--frobnicate'], /unknown option '--frobnicate'/],
+    [['train', '--input-size', '100'], /--input-size 100: must be a multiple of 32/],
+    [['train', '--data', join(tmp, 'missing')], /--data .*missing: no such file or directory/],
+    [['train', '--resume', join(tmp, 'nowhere')], /--resume .*nowhere: no such file or directory/],
+  ];
+  for (const [args, message] of cases) {
+    const { code, err } = casm(...args);
+    assert.equal(code, 2, `${args.join(' ')} exited ${code}: ${err}`);
+    assert.match(err, message);
+  }
+});
+
+test('a corrupt checkpoint to resume from: one line naming the file, exit code 1', () => {
+  const dir = join(tmp, 'bad-ckpt');
+  mkdirSync(dir);
+  writeFileSync(join(dir, 'state.json'), 'not json');
+  const { code, err } = casm('train', '--resume', dir, '--backend', 'cpu');
+  assert.equal(code, 1);
+  const lines = err.trim().split('\n').filter((l) => l.startsWith('casm:'));
+  assert.equal(lines.length, 1, err);
+  assert.match(lines[0], /state\.json: unreadable checkpoint state/);
+});

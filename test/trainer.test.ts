@@ -1,0 +1,130 @@
+/**
+ * The CASM iteration: eq. 8 is what moves the classifier, the masker never touches the classifier,
+ * a non-finite loss stops before any update, and tensors do not leak over many iterations.
+ */
+import assert from 'node:assert/strict';
+import { before, test } from 'node:test';
+import * as tf from '@tensorflow/tfjs';
+import { defaultTrainConfig, type TrainConfig } from '../src/casm/config.js';
+import { crossEntropy } from '../src/casm/score.js';
+import { CasmTrainer, NonFiniteLossError } from '../src/casm/trainer.js';
+import { buildResNet } from '../src/models/resnet.js';
+import { useTestBackend } from './helpers/backend.js';
+
+before(async () => {
+  await useTestBackend();
+});
+
+const TINY = { depths: [1, 1, 1, 1], width: 4, classes: 5, inputSize: 32 };
+
+function tinyConfig(over: Partial<TrainConfig> = {}): TrainConfig {
+  return defaultTrainConfig({ arch: TINY, batchSize: 4, stepsPerEpoch: 1000, epochs: 1, ...over });
+}
+
+function batch(seed: number): { x: tf.Tensor4D; y: tf.Tensor1D } {
+  return {
+    x: tf.randomNormal([4, 32, 32, 3], 0, 1, 'float32', seed) as tf.Tensor4D,
+    y: tf.tensor1d([0, 1, 2, 3], 'int32'),
+  };
+}
+
+const values = (m: tf.LayersModel) => m.getWeights().map((w) => Float32Array.from(w.dataSync()));
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
+  return d;
+}
+
+test('the classifier step is SGD on eq. 8 with the mask held fixed (plus weight decay)', () => {
+  const lr = 0.05;
+  const wd = 1e-3;
+  const cfg = tinyConfig({ thinning: 'L', optim: { ...defaultTrainConfig().optim, classifierLr: lr, weightDecay: wd } });
+  const trainer = new CasmTrainer(cfg);
+  const { x, y } = batch(7);
+  // Independent expectation: a twin classifier with the same weights, masks from the trainer's
+  // masker (training mode, as the iteration uses them), gradient of eq. 8 by tf.grads here.
+  const twin = buildResNet(TINY, 'twin');
+  twin.setWeights(trainer.classifier.getWeights());
+  const before = trainer.classifier.trainableWeights.map((w) => Float32Array.from(w.read().dataSync()));
+  const expectedGrads = tf.tidy(() => {
+    const masks = trainer.masker.apply(x, (twin.apply(x, { training: true }) as tf.Tensor[]).slice(0, 5), true);
+    const maskedOut = tf.mul(tf.sub(1, masks), x);
+    const { grads } = tf.variableGrads(() => {
+      const clean = (twin.apply(x, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D;
+      const masked = (twin.apply(maskedOut, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D;
+      return tf.mul(0.5, tf.add(crossEntropy(clean, y), crossEntropy(masked, y))) as tf.Scalar;
+    }, twin.trainableWeights.map((w) => w.read() as tf.Variable));
+    return twin.trainableWeights.map((w) => tf.keep(grads[(w.read() as tf.Variable).name]));
+  });
+  trainer.iteration(x, y);
+  const after = trainer.classifier.trainableWeights.map((w) => Float32Array.from(w.read().dataSync()));
+  let worst = 0;
+  after.forEach((a, i) => {
+    const g = expectedGrads[i].dataSync();
+    // Momentum's first step: w1 = w0 - lr * (g + wd * w0).
+    const expected = before[i].map((w0, j) => w0 - lr * (g[j] + wd * w0));
+    const scale = Math.max(1e-3, ...Array.from(g, (v) => Math.abs(lr * v)));
+    worst = Math.max(worst, maxAbsDiff(a, expected) / scale);
+  });
+  assert.ok(worst < 2e-3, `classifier update differs from SGD on eq. 8 by ${worst} (relative)`);
+  tf.dispose([x, y, ...expectedGrads]);
+  twin.dispose();
+});
+
+test('F keeps the classifier fixed; the masker update never changes classifier weights', () => {
+  const trainer = new CasmTrainer(tinyConfig({ thinning: 'F' }));
+  const cls0 = values(trainer.classifier);
+  const dec0 = values(trainer.masker.decoder);
+  for (let i = 0; i < 3; i++) {
+    const { x, y } = batch(i);
+    const s = trainer.iteration(x, y);
+    assert.equal(s.scoredBy, 'snapshot');
+    tf.dispose([x, y]);
+  }
+  values(trainer.classifier).forEach((w, i) => assert.equal(maxAbsDiff(w, cls0[i]), 0, `classifier weight ${i} moved`));
+  const moved = values(trainer.masker.decoder).some((w, i) => maxAbsDiff(w, dec0[i]) > 0);
+  assert.ok(moved, 'the masker learned nothing');
+});
+
+test('statistics of an iteration are in range', () => {
+  const trainer = new CasmTrainer(tinyConfig({ thinning: 'L100' }));
+  const { x, y } = batch(1);
+  const s = trainer.iteration(x, y);
+  assert.equal(s.step, 1);
+  assert.ok(s.areaMean > 0 && s.areaMean < 1);
+  assert.ok(s.entropy >= 0 && s.entropy <= Math.log(5) + 1e-5);
+  for (const v of [s.accClean, s.accMasked, s.gated]) assert.ok(v >= 0 && v <= 1);
+  assert.equal(s.lambda, 10);
+  assert.ok(s.gated <= s.accClean + 1e-6, 'gated images are a subset of the clean-correct ones');
+  tf.dispose([x, y]);
+});
+
+const trainable = (m: tf.LayersModel) => m.trainableWeights.map((w) => Float32Array.from(w.read().dataSync()));
+
+// BN statistics may have seen the bad batch (the forward pass updates them); the run stops anyway
+// and what must survive is the last checkpoint, which the training-run tests check.
+test('a non-finite loss stops the iteration before any optimiser step, naming the step', () => {
+  const trainer = new CasmTrainer(tinyConfig({ thinning: 'L' }));
+  const good = batch(2);
+  trainer.iteration(good.x, good.y);
+  const w0 = trainable(trainer.classifier);
+  const m0 = trainable(trainer.masker.decoder);
+  const bad = tf.fill([4, 32, 32, 3], NaN) as tf.Tensor4D;
+  assert.throws(() => trainer.iteration(bad, good.y), (e: Error) => e instanceof NonFiniteLossError && /step 2: classifier loss is NaN/.test(e.message));
+  assert.equal(trainer.step, 1);
+  trainable(trainer.classifier).forEach((w, i) => assert.equal(maxAbsDiff(w, w0[i]), 0));
+  trainable(trainer.masker.decoder).forEach((w, i) => assert.equal(maxAbsDiff(w, m0[i]), 0));
+  tf.dispose([good.x, good.y, bad]);
+});
+
+test('tf.memory().numTensors stays flat over 200 iterations', () => {
+  const trainer = new CasmTrainer(tinyConfig({ thinning: 'L100', trainNoise: 0.1 }));
+  const { x, y } = batch(3);
+  // Warm-up builds the optimiser slots and the snapshot model.
+  for (let i = 0; i < 20; i++) trainer.iteration(x, y);
+  const start = tf.memory().numTensors;
+  for (let i = 0; i < 200; i++) trainer.iteration(x, y);
+  assert.equal(tf.memory().numTensors, start);
+  tf.dispose([x, y]);
+});
