@@ -26,10 +26,11 @@ export const DIGITS_PRESET = {
   classes: 10,
   batchSize: 32,
   epochs: 1,
-  warmupSteps: 150,
-  trainCount: 20_000,
+  // From scratch the classifier must be good before the masker can be scored against it.
+  warmupSteps: 400,
+  trainCount: 25_600,
   valCount: 1_000,
-  classifierLr: 0.01,
+  classifierLr: 0.05,
   maskerLr: 1e-3,
   lrDecayEpochs: 20,
 };
@@ -99,7 +100,7 @@ export function trainConfigFrom(o: TrainOptions): TrainConfig {
     masker: { decoderWidth: o.decoderWidth, upsample: o.upsample, shareEncoder: o.shareEncoder },
     thinning: o.thinning,
     score: o.score,
-    lambdaR: o.lambdaR ?? defaultLambda(o.thinning, o.score),
+    lambdaR: o.lambdaR ?? defaultLambda(o.thinning, o.score, DIGITS_PRESET.classes),
     classifierStep: o.classifierStep,
     trainNoise: o.trainNoise,
     warmupSteps: o.warmupSteps,
@@ -138,7 +139,7 @@ export function buildProgram(): Command {
     .option('--no-share-encoder', 'give the masker its own ResNet encoder (ablation)')
     .addOption(new Option('--thinning <strategy>', 'classifier pool strategy').choices(THINNINGS).default('L100'))
     .addOption(new Option('--score <score>', 'masker score').choices(SCORES).default('entropy'))
-    .option('--lambda-r <x>', 'area penalty lambda_R (default: the preset of thinning and score)', num(0))
+    .option('--lambda-r <x>', 'area penalty lambda_R (default: the preset of thinning and score, scaled by log(classes)/log(1000))', num(0))
     .addOption(
       new Option('--classifier-step <kind>', "classifier update: eq. 8 'joint' or the reference's 'two-step'")
         .choices(['joint', 'two-step'])

@@ -93,10 +93,11 @@ test('the area term reaches only gated images: dL/dm = lambda * g_b / (B * HW)',
   tf.dispose([y, z, c, m, grad]);
 });
 
-test('lambda presets per thinning and score (spec section 2)', () => {
+test('lambda presets per thinning and score (spec section 2), scaled by log(K)/log(1000)', () => {
   const table = { F: [2.5, 9], L: [14, 18], FL: [7.5, 11], L100: [10, 17], L1000: [10, 17] } as const;
   for (const [t, [e, cls]] of Object.entries(table)) {
-    assert.equal(defaultLambda(t as keyof typeof table, 'entropy'), e);
-    assert.equal(defaultLambda(t as keyof typeof table, 'classification'), cls);
+    close(defaultLambda(t as keyof typeof table, 'entropy'), e, 1e-12);
+    close(defaultLambda(t as keyof typeof table, 'classification'), cls, 1e-12);
+    close(defaultLambda(t as keyof typeof table, 'entropy', 10), e / 3, 1e-12);
   }
 });

@@ -95,7 +95,7 @@ test('statistics of an iteration are in range', () => {
   assert.ok(s.areaMean > 0 && s.areaMean < 1);
   assert.ok(s.entropy >= 0 && s.entropy <= Math.log(5) + 1e-5);
   for (const v of [s.accClean, s.accMasked, s.gated]) assert.ok(v >= 0 && v <= 1);
-  assert.equal(s.lambda, 10);
+  assert.equal(s.lambda, (10 * Math.log(5)) / Math.log(1000), 'L100 entropy preset scaled to 5 classes');
   assert.ok(s.gated <= s.accClean + 1e-6, 'gated images are a subset of the clean-correct ones');
   tf.dispose([x, y]);
 });

@@ -29,7 +29,7 @@ export interface TrainConfig {
   masker: MaskerConfig;
   thinning: Thinning;
   score: Score;
-  /** lambda_R; the preset of (thinning, score) unless given. */
+  /** lambda_R; the preset of (thinning, score, classes) unless given. */
   lambdaR: number;
   /** 'joint': eq. 8 in one step (default); 'two-step': the reference's clean then masked steps. */
   classifierStep: ClassifierStep;
@@ -62,12 +62,13 @@ export const DEFAULT_OPTIM: OptimConfig = {
 export function defaultTrainConfig(overrides: Partial<TrainConfig> = {}): TrainConfig {
   const thinning = overrides.thinning ?? 'L100';
   const score = overrides.score ?? 'entropy';
+  const arch = overrides.arch ?? RESNET50;
   return {
-    arch: RESNET50,
+    arch,
     masker: { decoderWidth: 64, upsample: 'nearest', shareEncoder: true },
     thinning,
     score,
-    lambdaR: defaultLambda(thinning, score),
+    lambdaR: defaultLambda(thinning, score, arch.classes),
     classifierStep: 'joint',
     trainNoise: 0,
     warmupSteps: 0,

@@ -18,8 +18,14 @@ const LAMBDA_PRESETS: Record<Thinning, [number, number]> = {
   L1000: [10, 17],
 };
 
-export function defaultLambda(thinning: Thinning, score: Score): number {
-  return LAMBDA_PRESETS[thinning][score === 'entropy' ? 0 : 1];
+/**
+ * lambda_R preset for `classes` classes. The presets were set on ImageNet, where both scores live
+ * on a scale of log(1000) (the largest entropy; the cross-entropy at chance); with K classes they
+ * are log(K) large, so the preset is scaled by log(K) / log(1000) to keep the same balance against
+ * the area term. At 1000 classes this is the spec's table exactly.
+ */
+export function defaultLambda(thinning: Thinning, score: Score, classes = 1000): number {
+  return (LAMBDA_PRESETS[thinning][score === 'entropy' ? 0 : 1] * Math.log(classes)) / Math.log(1000);
 }
 
 /** Mean cross-entropy of integer labels under logits. */

@@ -19,7 +19,8 @@
  *  - train split draws digits and fragments from MNIST train, test split from MNIST t10k.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { writeFileAtomic } from '../util/atomicWrite.js';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Rng } from '../util/rng.js';
@@ -392,18 +393,7 @@ export function deserializeCluttered(buf: Buffer, name: string, expect?: Clutter
 /** Writes the set to `path` atomically (temp file in the same directory, then rename). */
 export function saveCluttered(set: ClutteredSet, path: string): void {
   mkdirSync(dirname(path), { recursive: true });
-  const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
-  try {
-    writeFileSync(tmp, serializeCluttered(set));
-    renameSync(tmp, path);
-  } catch (e) {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      /* already gone */
-    }
-    throw e;
-  }
+  writeFileAtomic(path, serializeCluttered(set));
 }
 
 /**

@@ -18,8 +18,8 @@
  * The writer writes F32 only, atomically: a temporary file in the same directory, fsync, then
  * rename over the destination, so a reader never sees a half-written file.
  */
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { writeFileAtomic } from '../util/atomicWrite.js';
 
 /** dtypes the reader accepts, with their size in bytes. */
 const DTYPE_BYTES = {
@@ -290,25 +290,6 @@ export function encodeSafetensors(tensors: readonly TensorToWrite[], metadata?: 
     pos += t.data.byteLength;
   }
   return out;
-}
-
-/** Writes bytes to `path` atomically: temp file in the same directory, fsync, rename. */
-export function writeFileAtomic(path: string, bytes: Uint8Array): void {
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${Date.now().toString(36)}.tmp`);
-  try {
-    const fd = openSync(tmp, 'w');
-    try {
-      let done = 0;
-      while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, path);
-  } catch (err) {
-    rmSync(tmp, { force: true });
-    throw new Error(`${path}: cannot write: ${(err as Error).message}`, { cause: err });
-  }
 }
 
 /** Writes tensors (F32) and optional string metadata to a safetensors file, atomically. */
