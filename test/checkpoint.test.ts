@@ -22,7 +22,7 @@ after(() => rmSync(root, { recursive: true, force: true }));
 
 function config(over: Partial<TrainConfig> = {}): TrainConfig {
   return defaultTrainConfig({
-    arch: { depths: [1, 1, 1, 1], width: 4, classes: 10, inputSize: 64 },
+    arch: { depths: [1, 1, 1, 1], width: 4, classes: 10, inputSize: 32 },
     masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true },
     batchSize: 8,
     epochs: 100,
@@ -109,11 +109,15 @@ test('a corrupt checkpoint is refused, naming the file', () => {
 });
 
 test('resuming with another architecture is refused, naming the checkpoint', async () => {
-  const wider = config({ arch: { depths: [1, 1, 1, 1], width: 8, classes: 10, inputSize: 64 } });
+  const wider = config({ arch: { depths: [1, 1, 1, 1], width: 8, classes: 10, inputSize: 32 } });
   await assert.rejects(
     runTraining(options(join(root, 'c'), { config: wider, resume: straight })),
     (e: Error) => e instanceof CheckpointError && e.message.includes(straight) && /width/.test(e.message),
   );
+});
+
+test('a fresh run refuses a directory that already holds a run', async () => {
+  await assert.rejects(runTraining(options(join(root, 'a'), { maxSteps: 1 })), /a already holds a run .*--resume/);
 });
 
 test('a non-finite loss stops the run naming the step; the last good checkpoint is untouched', async () => {

@@ -3,7 +3,7 @@
  * TensorBoard and checkpoints, then a held-out localisation check and the PNG of masks.
  */
 import * as tf from '@tensorflow/tfjs';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError, loadCheckpoint, readCheckpointState, resolveCheckpoint, saveCheckpoint } from '../checkpoints/checkpoint.js';
 import { loadCluttered, type ClutteredSet } from '../data/clutteredMnist.js';
@@ -68,10 +68,15 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       throw new CheckpointError(`${resumeDir}: was trained with ${architectureKey(saved)}; this run asks for ${architectureKey(config)}`);
     }
     config = saved;
+  } else if (existsSync(join(opts.outDir, 'latest'))) {
+    // Never train over another run's checkpoints and event files.
+    throw new Error(`${opts.outDir} already holds a run (see its 'latest'); continue it with --resume ${opts.outDir} or pick another --out`);
   }
   const size = config.arch.inputSize;
-  const train = await loadCluttered({ split: 'train', count: opts.trainCount, size, seed: config.seed });
-  const val = await loadCluttered({ split: 'test', count: opts.valCount, size, seed: config.seed + 1 });
+  // Digits of 20-40 px on the default 64 px canvas, the same proportion on other canvases.
+  const digits = { size, minDigit: Math.round((size * 20) / 64), maxDigit: Math.round((size * 40) / 64) };
+  const train = await loadCluttered({ split: 'train', count: opts.trainCount, seed: config.seed, ...digits });
+  const val = await loadCluttered({ split: 'test', count: opts.valCount, seed: config.seed + 1, ...digits });
   if (train.n < config.batchSize) throw new Error(`${train.n} training images are fewer than one batch of ${config.batchSize}`);
   const stepsPerEpoch = Math.min(config.stepsPerEpoch, Math.floor(train.n / config.batchSize));
   config = { ...config, stepsPerEpoch };
@@ -80,7 +85,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   const trainer = new CasmTrainer(config);
   if (resumeDir) {
     await loadCheckpoint(resumeDir, trainer);
-    log(`resumed from ${resumeDir} at step ${trainer.step} (pool of ${trainer.pool.snapshots.length})`);
+    log(`resumed from ${resumeDir} at step ${trainer.step} (pool of ${trainer.pool.snapshots.length}), with its saved configuration`);
   } else if (opts.classifierWeights) {
     loadClassifierWeights(trainer.classifier, opts.classifierWeights);
     log(`classifier weights from ${opts.classifierWeights}`);

@@ -70,8 +70,7 @@ export class CasmTrainer {
 
   /** Classifier alone on clean images: SGD on the cross-entropy. */
   private warmup(x: tf.Tensor4D, y: tf.Tensor1D): StepStats {
-    const lr = learningRates(this.config.optim, this.epoch);
-    this.classifierOpt.setLearningRate(lr.classifier);
+    const lr = this.scheduleLearningRates();
     const [loss, acc] = tf.tidy(() => {
       let logits!: tf.Tensor2D;
       const value = this.classifierUpdate(() => {
@@ -95,7 +94,7 @@ export class CasmTrainer {
       gated: NaN,
       lambda: this.config.lambdaR,
       lrClassifier: lr.classifier,
-      lrMasker: 0,
+      lrMasker: lr.masker,
       scoredBy: 'current',
     };
   }
@@ -105,10 +104,7 @@ export class CasmTrainer {
     const cfg = this.config;
     // F's f_0 and the pool start from the classifier as CASM training begins (after any warm-up).
     this.pool.initialize(() => this.classifierWeights());
-    const lr = learningRates(cfg.optim, this.epoch);
-    this.classifierOpt.setLearningRate(lr.classifier);
-    // AdamOptimizer has no setter; its learningRate field is read on every update.
-    (this.maskerOpt as unknown as { learningRate: number }).learningRate = lr.masker;
+    const lr = this.scheduleLearningRates();
     const kept: tf.Tensor[] = [];
     const keep = <T extends tf.Tensor>(t: T): T => {
       kept.push(tf.keep(t));
@@ -208,6 +204,15 @@ export class CasmTrainer {
       const features = (this.classifier.apply(x, { training: false }) as tf.Tensor[]).slice(0, 5);
       return this.masker.apply(x, features, false);
     });
+  }
+
+  /** Sets both optimisers' learning rates for the current epoch (step schedule). */
+  private scheduleLearningRates(): { classifier: number; masker: number } {
+    const lr = learningRates(this.config.optim, this.epoch);
+    this.classifierOpt.setLearningRate(lr.classifier);
+    // AdamOptimizer has no setter; its learningRate field is read on every update.
+    (this.maskerOpt as unknown as { learningRate: number }).learningRate = lr.masker;
+    return lr;
   }
 
   /** SmoothGrad-style training noise: x + N(0, (s * (max(x) - min(x)))^2), range per image. */
