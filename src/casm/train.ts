@@ -42,8 +42,7 @@ export interface RunResult {
   trainer: CasmTrainer;
   checkpoint: string;
   last: StepStats | null;
-  /** Held-out localisation error of CASM masks and of the trivial boxes. */
-  eval: { images: number; casm: number; centre: number; full: number };
+  eval: HeldOutEval;
 }
 
 /** Samples of the epoch-`epoch` permutation, batch `b`: a pure function of (seed, epoch), so resuming needs no data state. */
@@ -94,7 +93,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   writeFileAtomic(join(opts.outDir, 'config.json'), JSON.stringify(config, null, 2));
   const tb = new SummaryWriter(join(opts.outDir, 'tb'));
   log(
-    `training ${config.thinning}/${config.score} lambda=${config.lambdaR} on ${train.n} cluttered digits ${size}px, ` +
+    `training ${config.thinning}/${config.score} lambda=${Number(config.lambdaR.toPrecision(4))} on ${train.n} cluttered digits ${size}px, ` +
       `batch ${config.batchSize}, ${stepsPerEpoch} steps/epoch, steps ${trainer.step}..${totalSteps}; logs: ${tb.logdir}`,
   );
 
@@ -128,7 +127,8 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     const evaluation = evaluateHeldOut(trainer, val);
     writeFileAtomic(join(opts.outDir, 'eval.json'), JSON.stringify({ step: trainer.step, ...evaluation }, null, 2));
     log(
-      `held-out localisation error (IoU > 0.5) on ${evaluation.images} digits: CASM ${evaluation.casm.toFixed(3)}, ` +
+      `held-out digits (${evaluation.images}): classifier accuracy ${evaluation.accuracy.toFixed(3)}; ` +
+        `localisation error (IoU > 0.5): CASM ${evaluation.casm.toFixed(3)}, ` +
         `centre box ${evaluation.centre.toFixed(3)}, full image ${evaluation.full.toFixed(3)}`,
     );
     const figure = join(opts.outDir, 'masks.png');
@@ -167,31 +167,47 @@ function writeScalars(tb: SummaryWriter, s: StepStats, rate: number): void {
   for (const [tag, v] of Object.entries(scalars)) if (!Number.isNaN(v)) tb.scalar(tag, v, s.step);
 }
 
-/** Masks of the held-out set in batches; each mask as a Float32Array of H*W. */
-function heldOutMasks(trainer: CasmTrainer, val: ClutteredSet, count: number): Float32Array[] {
-  const out: Float32Array[] = [];
+/** Masks of the held-out set (each a Float32Array of H*W) and whether the classifier got each image right. */
+function heldOutInference(trainer: CasmTrainer, val: ClutteredSet): { masks: Float32Array[]; correct: boolean[] } {
+  const masks: Float32Array[] = [];
+  const correct: boolean[] = [];
   const bs = trainer.config.batchSize;
-  for (let start = 0; start < count; start += bs) {
-    const indices = Array.from({ length: Math.min(bs, count - start) }, (_, i) => start + i);
+  const hw = val.size * val.size;
+  for (let start = 0; start < val.n; start += bs) {
+    const indices = Array.from({ length: Math.min(bs, val.n - start) }, (_, i) => start + i);
     const batch = toBatch(val, indices);
-    const data = tf.tidy(() => trainer.masks(batch.x).dataSync() as Float32Array);
-    batch.x.dispose();
-    batch.y.dispose();
-    const hw = val.size * val.size;
-    for (let i = 0; i < indices.length; i++) out.push(data.slice(i * hw, (i + 1) * hw));
+    const out = trainer.inference(batch.x);
+    const data = out.masks.dataSync() as Float32Array;
+    const predicted = tf.tidy(() => tf.argMax(out.logits, 1).dataSync());
+    tf.dispose([batch.x, batch.y, out.masks, out.logits]);
+    indices.forEach((idx, i) => {
+      masks.push(data.slice(i * hw, (i + 1) * hw));
+      correct.push(predicted[i] === val.labels[idx]);
+    });
   }
-  return out;
+  return { masks, correct };
 }
 
 const boxOf = (boxes: Int32Array, i: number): Box => [boxes[4 * i], boxes[4 * i + 1], boxes[4 * i + 2], boxes[4 * i + 3]];
 
+export interface HeldOutEval {
+  images: number;
+  /** Top-1 accuracy of the classifier on the clean held-out images. */
+  accuracy: number;
+  /** Localisation error (IoU > 0.5) of CASM's boxes, of the centre box and of the whole image. */
+  casm: number;
+  centre: number;
+  full: number;
+}
+
 /** Localisation error on held-out digits: CASM's largest-component boxes against centre and full boxes. */
-export function evaluateHeldOut(trainer: CasmTrainer, val: ClutteredSet): { images: number; casm: number; centre: number; full: number } {
-  const masks = heldOutMasks(trainer, val, val.n);
+export function evaluateHeldOut(trainer: CasmTrainer, val: ClutteredSet): HeldOutEval {
+  const { masks, correct } = heldOutInference(trainer, val);
   const s = val.size;
   const truth = masks.map((_, i) => [boxOf(val.boxes, i)]);
   return {
     images: val.n,
+    accuracy: correct.filter(Boolean).length / val.n,
     casm: localizationError(masks.map((m) => maskBox(m, s, s)), truth),
     centre: localizationError(masks.map(() => centreBox(s, s)), truth),
     full: localizationError(masks.map((): Box => [0, 0, s, s]), truth),
@@ -203,7 +219,8 @@ async function logMaskGrid(tb: SummaryWriter, trainer: CasmTrainer, val: Clutter
   const rows = Math.min(8, val.n);
   const indices = Array.from({ length: rows }, (_, i) => i);
   const batch = toBatch(val, indices);
-  const masks = trainer.masks(batch.x);
+  const { masks, logits } = trainer.inference(batch.x);
+  logits.dispose();
   const images = denormalize(batch.x);
   const flat = masks.dataSync() as Float32Array;
   const hw = val.size * val.size;

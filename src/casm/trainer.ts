@@ -198,12 +198,13 @@ export class CasmTrainer {
     }
   }
 
-  /** Masks in inference mode: the classifier's features of x, decoded. */
-  masks(x: tf.Tensor4D): tf.Tensor4D {
-    return tf.tidy(() => {
-      const features = (this.classifier.apply(x, { training: false }) as tf.Tensor[]).slice(0, 5);
-      return this.masker.apply(x, features, false);
+  /** Inference mode: the classifier's logits of x and the masks decoded from its features. */
+  inference(x: tf.Tensor4D): { masks: tf.Tensor4D; logits: tf.Tensor2D } {
+    const [masks, logits] = tf.tidy(() => {
+      const out = this.classifier.apply(x, { training: false }) as tf.Tensor[];
+      return [this.masker.apply(x, out.slice(0, 5), false), out[5]];
     });
+    return { masks: masks as tf.Tensor4D, logits: logits as tf.Tensor2D };
   }
 
   /** Sets both optimisers' learning rates for the current epoch (step schedule). */

@@ -1,0 +1,60 @@
+/**
+ * Image files -> model input. Each file is decoded with sharp (JPEG, PNG, WebP, TIFF, ...), its
+ * alpha dropped, resized so the short side fits and centre-cropped to the model's size (spec
+ * section 4's preprocessing), converted to the model's channels (3: sRGB, 1: gray) and normalised
+ * (normalize.ts). A file that cannot be decoded is reported and skipped.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { basename, extname } from 'node:path';
+import sharp from 'sharp';
+import { normalize } from '../data/normalize.js';
+
+export interface DecodedImages {
+  /** N x height x width x channels, normalised. */
+  x: tf.Tensor4D;
+  /** Position in `files` of each decoded image. */
+  indices: number[];
+}
+
+/** Decodes files, calling skip(file, reason) for each one that cannot be decoded; null if none could be. */
+export async function loadImages(
+  files: string[],
+  [height, width, channels]: [number, number, number],
+  skip: (file: string, reason: string) => void,
+): Promise<DecodedImages | null> {
+  if (channels !== 1 && channels !== 3) throw new Error(`images: the model takes ${channels} channels; only 1 (gray) or 3 (RGB) are supported`);
+  const pixels: Uint8Array[] = [];
+  const decoded: number[] = [];
+  for (const [i, file] of files.entries()) {
+    try {
+      const data = await sharp(file)
+        .removeAlpha()
+        .resize(width, height, { fit: 'cover', position: 'centre' })
+        .toColourspace(channels === 3 ? 'srgb' : 'b-w')
+        .raw({ depth: 'uchar' })
+        .toBuffer();
+      if (data.length !== height * width * channels) throw new Error(`decoded to ${data.length} bytes, expected ${height * width * channels}`);
+      pixels.push(data);
+      decoded.push(i);
+    } catch (e) {
+      skip(file, (e as Error).message);
+    }
+  }
+  if (decoded.length === 0) return null;
+  const all = new Float32Array(decoded.length * height * width * channels);
+  pixels.forEach((p, i) => all.set(Float32Array.from(p, (v) => v / 255), i * p.length));
+  const x = tf.tidy(() => normalize(tf.tensor4d(all, [decoded.length, height, width, channels])));
+  return { x, indices: decoded };
+}
+
+/** Output names for files: 'a/cat.png', 'b/cat.jpg' -> 'cat', 'cat-2'. */
+export function uniqueStems(files: string[]): string[] {
+  const taken = new Set<string>();
+  return files.map((f) => {
+    const stem = basename(f, extname(f));
+    let name = stem;
+    for (let k = 2; taken.has(name); k++) name = `${stem}-${k}`;
+    taken.add(name);
+    return name;
+  });
+}

@@ -1,0 +1,73 @@
+/** The masker: output shape and range for every upsampling mode; features reach it stop-gradient. */
+import assert from 'node:assert/strict';
+import { before, test } from 'node:test';
+import * as tf from '@tensorflow/tfjs';
+import { Masker, type Upsample } from '../src/models/masker.js';
+import { buildResNet, featureChannels, type ResNetConfig } from '../src/models/resnet.js';
+import { useTestBackend } from './helpers/backend.js';
+
+before(async () => {
+  await useTestBackend();
+});
+
+const ARCH: ResNetConfig = { depths: [1, 1, 1, 1], width: 4, classes: 3, inputSize: 64 };
+
+test('feature maps have the spec channels and strides', () => {
+  const f = buildResNet(ARCH, 'shapes');
+  const shapes = f.outputs.map((o) => o.shape.slice(1));
+  assert.deepEqual(shapes.slice(0, 5), [
+    [16, 16, 4],
+    [16, 16, 16],
+    [8, 8, 32],
+    [4, 4, 64],
+    [2, 2, 128],
+  ]);
+  assert.deepEqual(featureChannels(ARCH), [4, 16, 32, 64, 128]);
+  f.dispose();
+});
+
+for (const upsample of ['nearest', 'bilinear', 'deconv'] as Upsample[]) {
+  test(`decoder (${upsample}) maps the five features to an H x W x 1 mask in [0, 1]`, () => {
+    const f = buildResNet(ARCH, `cls_${upsample}`);
+    const masker = new Masker(ARCH, { decoderWidth: 8, upsample, shareEncoder: true });
+    const x = tf.randomNormal([2, 64, 64, 3], 0, 1, 'float32', 5) as tf.Tensor4D;
+    const m = tf.tidy(() => masker.apply(x, (f.apply(x) as tf.Tensor[]).slice(0, 5), false));
+    assert.deepEqual(m.shape, [2, 64, 64, 1]);
+    const v = m.dataSync();
+    assert.ok(v.every((p) => p >= 0 && p <= 1));
+    if (upsample === 'nearest') {
+      // The last x4 is nearest: every 4x4 block is constant.
+      for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) assert.equal(v[i * 64 + j], v[0]);
+    }
+    tf.dispose([x, m]);
+    f.dispose();
+  });
+}
+
+test('the shared encoder is read stop-gradient: the masker output has no gradient to the features', () => {
+  const masker = new Masker(ARCH, { decoderWidth: 8, upsample: 'nearest', shareEncoder: true });
+  const x = tf.randomNormal([1, 64, 64, 3]) as tf.Tensor4D;
+  const feats = featureChannels(ARCH).map((c, k) => {
+    const side = k === 0 ? 16 : 16 / 2 ** (k - 1);
+    return tf.randomNormal([1, side, side, c]);
+  });
+  assert.throws(() => tf.grad((f: tf.Tensor) => tf.sum(masker.apply(x, [f, ...feats.slice(1)], true)))(feats[0]), /Cannot compute gradient/);
+  // The decoder's own weights do get gradients.
+  const { grads } = tf.variableGrads(() => tf.sum(masker.apply(x, feats, true)) as tf.Scalar, masker.trainableWeights.map((w) => w.read() as tf.Variable));
+  assert.equal(Object.keys(grads).length, masker.trainableWeights.length);
+  tf.dispose([x, ...feats, ...Object.values(grads)]);
+});
+
+test('the non-shared masker owns a ResNet encoder and trains it', () => {
+  const masker = new Masker(ARCH, { decoderWidth: 8, upsample: 'nearest', shareEncoder: false });
+  assert.ok(masker.encoder);
+  assert.equal(masker.models.length, 2);
+  const encoderWeights = masker.encoder.trainableWeights.length;
+  assert.equal(masker.trainableWeights.length, encoderWeights + masker.decoder.trainableWeights.length);
+  const x = tf.randomNormal([1, 64, 64, 3]) as tf.Tensor4D;
+  // Shared features are ignored: the encoder computes its own.
+  const { grads } = tf.variableGrads(() => tf.sum(masker.apply(x, [], true)) as tf.Scalar, masker.trainableWeights.map((w) => w.read() as tf.Variable));
+  const first = grads[(masker.encoder.trainableWeights[0].read() as tf.Variable).name];
+  assert.ok(tf.tidy(() => tf.max(tf.abs(first)).dataSync()[0]) > 0, 'no gradient reaches the masker encoder');
+  tf.dispose([x, ...Object.values(grads)]);
+});
