@@ -9,8 +9,9 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import sharp from 'sharp';
-import { crc32c, maskedCrc32c } from '../src/log/crc32c.js';
-import { ProtoWriter, SummaryWriter, tfRecord } from '../src/log/tensorboard.js';
+import { crc32c, maskedCrc32c } from '../src/util/crc32c.js';
+import { encodeTfRecord as tfRecord } from '../src/data/tfrecord.js';
+import { ProtoWriter, SummaryWriter } from '../src/log/tensorboard.js';
 import { runPython } from './helpers/python.js';
 
 interface ImageInfo {

@@ -7,11 +7,11 @@
  * per-channel constants.
  */
 import * as tf from '@tensorflow/tfjs';
+import { IMAGENET_MEAN, IMAGENET_STD } from './imagenetStats.js';
 
-export const IMAGENET_MEAN = [0.485, 0.456, 0.406];
-export const IMAGENET_STD = [0.229, 0.224, 0.225];
-export const GRAY_MEAN = (0.485 + 0.456 + 0.406) / 3;
-export const GRAY_STD = (0.229 + 0.224 + 0.225) / 3;
+export { IMAGENET_MEAN, IMAGENET_STD };
+export const GRAY_MEAN = (IMAGENET_MEAN[0] + IMAGENET_MEAN[1] + IMAGENET_MEAN[2]) / 3;
+export const GRAY_STD = (IMAGENET_STD[0] + IMAGENET_STD[1] + IMAGENET_STD[2]) / 3;
 
 /** Per-channel mean and std for an input with `channels` channels (1 or 3). */
 export function channelStats(channels: number): { mean: number[]; std: number[] } {

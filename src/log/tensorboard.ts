@@ -14,9 +14,7 @@
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { maskedCrc32c } from './crc32c.js';
-
-export { crc32c, maskedCrc32c } from './crc32c.js';
+import { encodeTfRecord } from '../data/tfrecord.js';
 
 // ---------------------------------------------------------------------------------------------
 // Minimal protobuf writer
@@ -112,21 +110,6 @@ export class ProtoWriter {
 function checkInteger(v: number): number {
   if (!Number.isSafeInteger(v)) throw new RangeError(`expected a safe integer, got ${v}`);
   return v;
-}
-
-// ---------------------------------------------------------------------------------------------
-// TFRecord framing
-// ---------------------------------------------------------------------------------------------
-
-/** Frames one record as TFRecord: length, masked CRC of length, data, masked CRC of data. */
-export function tfRecord(data: Uint8Array): Uint8Array {
-  const out = new Uint8Array(8 + 4 + data.length + 4);
-  const dv = new DataView(out.buffer);
-  dv.setBigUint64(0, BigInt(data.length), true);
-  dv.setUint32(8, maskedCrc32c(out.subarray(0, 8)), true);
-  out.set(data, 12);
-  dv.setUint32(12 + data.length, maskedCrc32c(data), true);
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,7 +214,7 @@ export class SummaryWriter {
 
   private push(eventBytes: Uint8Array): void {
     if (this.fd === null) throw new Error(`SummaryWriter for ${this.path} is closed`);
-    const rec = tfRecord(eventBytes);
+    const rec = encodeTfRecord(eventBytes);
     this.pending.push(rec);
     this.pendingBytes += rec.length;
     if (this.pendingBytes > FLUSH_THRESHOLD) this.flush();

@@ -1,0 +1,185 @@
+/**
+ * Common types of the streaming data pipeline (issue 3): one encoded sample as every layout
+ * reader yields it, the problems a reader skips over, and a small pull-based byte reader over
+ * an async stream of chunks (a file read stream), shared by the tar and TFRecord readers.
+ *
+ * Nothing here depends on tfjs, so the readers can run in a worker thread.
+ */
+import { createReadStream } from 'node:fs';
+
+/** [x0, y0, x1, y1] in pixels of the original (stored, upright) image; x1, y1 exclusive. */
+export type PixelBox = [number, number, number, number];
+
+/** Where a sample or a problem is: the file and the byte offset (of the tar header / record). */
+export interface SampleSource {
+  file: string;
+  offset: number;
+}
+
+/** One encoded sample, as every layout reader yields it. */
+export interface Sample {
+  key: string;
+  /** The encoded image (JPEG or PNG bytes). */
+  image: Uint8Array;
+  /** 0-based class index. */
+  label: number;
+  synset?: string;
+  /** Ground-truth boxes of the sample's class, original pixels. */
+  boxes?: PixelBox[];
+  /** Original size where the layout records it (TFRecord); the decoder measures it anyway. */
+  width?: number;
+  height?: number;
+  source: SampleSource;
+}
+
+export type ProblemKind =
+  | 'truncated'
+  | 'bad-header'
+  | 'unsafe-path'
+  | 'unsupported-entry'
+  | 'too-large'
+  | 'incomplete-sample'
+  | 'bad-label'
+  | 'bad-crc'
+  | 'bad-record'
+  | 'no-label'
+  | 'unknown-synset'
+  | 'unreadable'
+  | 'no-class-box'
+  | 'bad-annotation'
+  | 'decode-error';
+
+export interface Problem {
+  kind: ProblemKind;
+  file: string;
+  offset: number;
+  message: string;
+}
+
+/**
+ * What a reader skipped and why. `count` is exact; `list` keeps the first `maxKept` entries so a
+ * huge broken data set cannot fill memory. Plain data (JSON-able) so a worker can post it back.
+ */
+export class Problems {
+  count = 0;
+  readonly list: Problem[] = [];
+  readonly byKind: Partial<Record<ProblemKind, number>> = {};
+
+  constructor(
+    readonly maxKept = 1000,
+    private readonly onProblem?: (p: Problem) => void,
+  ) {}
+
+  add(kind: ProblemKind, file: string, offset: number, message: string): void {
+    const p: Problem = { kind, file, offset, message };
+    this.count++;
+    this.byKind[kind] = (this.byKind[kind] ?? 0) + 1;
+    if (this.list.length < this.maxKept) this.list.push(p);
+    this.onProblem?.(p);
+  }
+
+  /** One line per problem, `file@offset: kind: message`. */
+  format(): string[] {
+    return this.list.map((p) => `${p.file}@${p.offset}: ${p.kind}: ${p.message}`);
+  }
+}
+
+/** An async iterable of samples with the problems met so far (read it during or after iteration). */
+export interface SampleStream extends AsyncIterable<Sample> {
+  readonly problems: Problems;
+}
+
+/** Wraps an async generator factory into a SampleStream sharing one Problems object. */
+export function sampleStream(problems: Problems, gen: () => AsyncGenerator<Sample>): SampleStream {
+  return {
+    problems,
+    [Symbol.asyncIterator]: gen,
+  };
+}
+
+export type ByteSource = string | Uint8Array | AsyncIterable<Uint8Array>;
+
+/** File path -> read stream chunks; bytes -> one chunk; an async iterable as is. */
+export function chunksOf(src: ByteSource, highWaterMark = 1 << 20): AsyncIterable<Uint8Array> {
+  if (typeof src === 'string') return createReadStream(src, { highWaterMark });
+  if (src instanceof Uint8Array) {
+    return (async function* () {
+      yield src;
+    })();
+  }
+  return src;
+}
+
+/**
+ * Pull-based reader over chunks: `read(n)` returns exactly n bytes, or fewer only at the end of
+ * the stream; `offset` is the position of the next unread byte. Copies only when a read spans
+ * chunks.
+ */
+export class ByteReader {
+  private it: AsyncIterator<Uint8Array>;
+  private buf: Uint8Array = new Uint8Array(0);
+  private pos = 0;
+  private done = false;
+  offset = 0;
+
+  constructor(chunks: AsyncIterable<Uint8Array>) {
+    this.it = chunks[Symbol.asyncIterator]();
+  }
+
+  private async fill(): Promise<boolean> {
+    while (!this.done) {
+      const r = await this.it.next();
+      if (r.done) {
+        this.done = true;
+        return false;
+      }
+      if (r.value.length === 0) continue;
+      this.buf = r.value;
+      this.pos = 0;
+      return true;
+    }
+    return false;
+  }
+
+  async read(n: number): Promise<Uint8Array> {
+    if (this.pos >= this.buf.length && !(await this.fill())) return new Uint8Array(0);
+    if (this.buf.length - this.pos >= n) {
+      const out = this.buf.subarray(this.pos, this.pos + n);
+      this.pos += n;
+      this.offset += n;
+      return out;
+    }
+    const out = new Uint8Array(n);
+    let got = 0;
+    while (got < n) {
+      if (this.pos >= this.buf.length && !(await this.fill())) break;
+      const take = Math.min(n - got, this.buf.length - this.pos);
+      out.set(this.buf.subarray(this.pos, this.pos + take), got);
+      this.pos += take;
+      got += take;
+    }
+    this.offset += got;
+    return got === n ? out : out.subarray(0, got);
+  }
+
+  /** Skips n bytes; returns how many were skipped (fewer only at the end). */
+  async skip(n: number): Promise<number> {
+    let left = n;
+    while (left > 0) {
+      if (this.pos >= this.buf.length && !(await this.fill())) break;
+      const take = Math.min(left, this.buf.length - this.pos);
+      this.pos += take;
+      left -= take;
+    }
+    this.offset += n - left;
+    return n - left;
+  }
+
+  /** Stops the underlying stream (closes the file) when the reader is abandoned early. */
+  async close(): Promise<void> {
+    if (!this.done) {
+      this.done = true;
+      await this.it.return?.();
+    }
+  }
+}

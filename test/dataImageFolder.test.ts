@@ -1,0 +1,151 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import sharp from 'sharp';
+import { loadMnist } from '../src/data/mnist.js';
+import { listImageFolder, readImageFolder, readSynsetList } from '../src/data/imageFolder.js';
+import { readWebDataset, webDatasetEntries, writeTar } from '../src/data/tar.js';
+import { decodeRgb, decodeTransform } from '../src/data/decode.js';
+import { Problems, type Sample } from '../src/data/samples.js';
+
+async function digitJpeg(i: number): Promise<Buffer> {
+  const m = loadMnist('test');
+  const rgb = Buffer.alloc(784 * 3);
+  for (let p = 0; p < 784; p++) {
+    const v = m.images[i * 784 + p]!;
+    rgb[3 * p] = v;
+    rgb[3 * p + 1] = v >> 1;
+    rgb[3 * p + 2] = 255 - v;
+  }
+  return sharp(rgb, { raw: { width: 28, height: 28, channels: 3 } }).resize(56, 48).jpeg({ quality: 90 }).toBuffer();
+}
+
+async function collect(stream: AsyncIterable<Sample>): Promise<Sample[]> {
+  const out: Sample[] = [];
+  for await (const s of stream) out.push(s);
+  return out;
+}
+
+test('imageFolder: class index = position in the sorted synset list (folders or a list file)', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'casm-folder-'));
+  try {
+    // created out of order; file names out of order too
+    const layout: [string, string][] = [
+      ['n03000134', 'b.JPEG'],
+      ['n01440764', 'z.JPEG'],
+      ['n01440764', 'a.jpeg'],
+      ['n02102040', 'img.JPEG'],
+    ];
+    const bytes = new Map<string, Buffer>();
+    let k = 0;
+    for (const [syn, f] of layout) {
+      mkdirSync(join(root, syn), { recursive: true });
+      const b = await digitJpeg(k++);
+      bytes.set(`${syn}/${f}`, b);
+      writeFileSync(join(root, syn, f), b);
+    }
+    writeFileSync(join(root, 'n01440764', 'notes.txt'), 'not an image'); // ignored
+    writeFileSync(join(root, 'n02102040', 'empty.JPEG'), ''); // reported
+    writeFileSync(join(root, 'README'), 'top-level file'); // ignored
+
+    const l = listImageFolder(root);
+    assert.deepEqual(l.synsets, ['n01440764', 'n02102040', 'n03000134']);
+    assert.deepEqual(
+      l.entries.map((e) => [e.key, e.label]),
+      [
+        ['n01440764/a', 0],
+        ['n01440764/z', 0],
+        ['n02102040/empty', 1],
+        ['n02102040/img', 1],
+        ['n03000134/b', 2],
+      ],
+    );
+    const stream = readImageFolder(root);
+    const got = await collect(stream);
+    assert.deepEqual(
+      got.map((s) => [s.key, s.label, s.synset]),
+      [
+        ['n01440764/a', 0, 'n01440764'],
+        ['n01440764/z', 0, 'n01440764'],
+        ['n02102040/img', 1, 'n02102040'],
+        ['n03000134/b', 2, 'n03000134'],
+      ],
+    );
+    assert.ok(Buffer.from(got[0]!.image).equals(bytes.get('n01440764/a.jpeg')!));
+    assert.deepEqual(
+      stream.problems.list.map((p) => [p.kind, p.file, p.offset, p.message]),
+      [['unreadable', join(root, 'n02102040', 'empty.JPEG'), 0, 'empty file']],
+    );
+
+    // a list file (LOC_synset_mapping.txt style, unsorted): indices follow the sorted list, folders
+    // outside it are skipped and reported
+    const list = join(root, '..', `synsets-${process.pid}.txt`);
+    writeFileSync(list, 'n03000134 chain saw\nn01440764 tench, Tinca tinca\n\nn01000000 something\n');
+    try {
+      assert.deepEqual(readSynsetList(list), ['n01000000', 'n01440764', 'n03000134']);
+      const problems = new Problems();
+      const s2 = readImageFolder(root, list, { problems });
+      const got2 = await collect(s2);
+      assert.deepEqual(
+        got2.map((s) => [s.key, s.label]),
+        [
+          ['n01440764/a', 1],
+          ['n01440764/z', 1],
+          ['n03000134/b', 2],
+        ],
+      );
+      assert.deepEqual(
+        problems.list.map((p) => [p.kind, p.file]),
+        [['unknown-synset', join(root, 'n02102040')]],
+      );
+      // an explicit array works the same
+      assert.deepEqual(
+        listImageFolder(root, ['n03000134', 'n02102040', 'n01440764']).entries.map((e) => e.label),
+        [0, 0, 1, 1, 2],
+      );
+    } finally {
+      rmSync(list, { force: true });
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('imageFolder vs WebDataset tar: same images, labels, decoded and transformed pixels', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'casm-folder-'));
+  try {
+    const root = join(dir, 'train');
+    const synsets = ['n01530575', 'n01440764'];
+    const entries = [];
+    for (let i = 0; i < 6; i++) {
+      const syn = synsets[i % 2]!;
+      const img = await digitJpeg(100 + i);
+      mkdirSync(join(root, syn), { recursive: true });
+      writeFileSync(join(root, syn, `${syn}_${i}.JPEG`), img);
+      entries.push({ key: `${syn}/${syn}_${i}`, img, label: syn === 'n01440764' ? 0 : 1 });
+    }
+    entries.sort((a, b) => (a.key < b.key ? -1 : 1));
+    writeTar(
+      join(dir, 'shard.tar'),
+      entries.flatMap((e) => webDatasetEntries(e.key, e.img, e.label)),
+    );
+    const folder = await collect(readImageFolder(root));
+    const tar = await collect(readWebDataset(join(dir, 'shard.tar')));
+    assert.deepEqual(
+      folder.map((s) => [s.key, s.label]),
+      tar.map((s) => [s.key, s.label]),
+    );
+    for (let i = 0; i < folder.length; i++) {
+      const [a, b] = await Promise.all([decodeRgb(folder[i]!.image), decodeRgb(tar[i]!.image)]);
+      assert.ok(Buffer.from(a.data).equals(Buffer.from(b.data)));
+      const [ta, tb] = await Promise.all(
+        [folder[i]!, tar[i]!].map((s) => decodeTransform(s.image, { kind: 'eval', size: 32 })),
+      );
+      assert.deepEqual(Array.from(ta!.data), Array.from(tb!.data));
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
