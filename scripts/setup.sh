@@ -155,6 +155,18 @@ t=$SECONDS
 CASM_VENV="$VENV" bash "$ROOT/scripts/setup-oracles.sh" ||
   echo "WARNING: torch/torchvision oracles could not be installed; the oracle tests will fail" >&2
 timed "test oracles" $((SECONDS - t))
+# The browser test (test/exportBrowser.test.ts, the web/ page end to end) drives Debian's chromium.
+t=$SECONDS
+if [ -x /usr/bin/chromium ]; then
+  info "browser: $(/usr/bin/chromium --version 2>/dev/null | head -1): present"
+elif command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  info "browser: apt-get install chromium (for the browser test of web/)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } ||
+    echo "WARNING: chromium could not be installed; the browser test will fail" >&2
+else
+  echo "WARNING: /usr/bin/chromium is missing (install Debian's chromium as root); the browser test will fail" >&2
+fi
+timed "browser" $((SECONDS - t))
 
 # ------------------------------------------------------------------ 5. TypeScript
 step "5/5 TypeScript build (npm run build)"

@@ -16,6 +16,8 @@ import { BACKEND_CHOICES, initEngine, type BackendChoice } from './engine.js';
 import { COLORMAPS } from './explain/display.js';
 import { explainCommand, ExplainUsageError, METHODS, parseMethods, type ExplainOptions, type Method } from './explain/explainCommand.js';
 import { SMOOTHGRAD_DEFAULTS } from './explain/smoothGrad.js';
+import { exportMasker, QUANTIZATIONS, type Quantization } from './export/exportMasker.js';
+import { maskCommand, MaskUsageError } from './export/maskCommand.js';
 import type { Upsample } from './models/masker.js';
 import { PROJECT_VERSION } from './version.js';
 
@@ -228,6 +230,40 @@ export function buildProgram(): Command {
         await explainCommand({ ...o, images, methods: o.method, log });
       } catch (e) {
         throw e instanceof ExplainUsageError ? new UsageError(e.message) : e;
+      }
+    });
+  program
+    .command('export')
+    .description('write the mask network alone (RGB pixels 0..255 in, normalisation inside, mask out) as a tfjs LayersModel + masker.json')
+    .requiredOption('--checkpoint <dir>', 'a run directory (its latest checkpoint) or one checkpoint')
+    .requiredOption('--out <dir>', 'directory for model.json, weight shards and masker.json')
+    .addOption(new Option('--quantize <kind>', 'weight storage').choices(QUANTIZATIONS).default('none'))
+    .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'))
+    .action(async (o: { checkpoint: string; out: string; quantize: Quantization; backend: BackendChoice }) => {
+      if (!existsSync(o.checkpoint)) throw new UsageError(`--checkpoint ${o.checkpoint}: no such file or directory`);
+      const log = (line: string) => console.log(line);
+      await initEngine(o.backend, log);
+      await exportMasker({ checkpoint: o.checkpoint, out: o.out, quantization: o.quantize, log });
+    });
+  program
+    .command('mask')
+    .description("masks of images with an exported mask network ('casm export'): masks.jsonl of areas and boxes, PNGs, .npy")
+    .argument('<images...>', 'image files and folders; a file that cannot be decoded is skipped and listed')
+    .requiredOption('--model <dir>', "a directory written by 'casm export'")
+    .requiredOption('--out <dir>', 'directory for masks.jsonl and the per-image files')
+    .option('--png', 'write <image>-mask.png and <image>-overlay.png', false)
+    .option('--npy', 'write <image>-mask.npy (float32 H x W)', false)
+    .option('--boxes', 'add each mask\'s box (largest component of mask >= mean) to masks.jsonl and the overlays', false)
+    .option('--batch-size <n>', 'images per pass', int(1), 16)
+    .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'))
+    .action(async (images: string[], o: { model: string; out: string; png: boolean; npy: boolean; boxes: boolean; batchSize: number; backend: BackendChoice }) => {
+      if (!existsSync(o.model)) throw new UsageError(`--model ${o.model}: no such file or directory`);
+      const log = (line: string) => console.log(line);
+      await initEngine(o.backend, log);
+      try {
+        await maskCommand({ ...o, inputs: images, log });
+      } catch (e) {
+        throw e instanceof MaskUsageError ? new UsageError(e.message) : e;
       }
     });
   return program;
