@@ -114,7 +114,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       const rate = progress.tick();
       writeScalars(tb, last, rate);
       if (trainer.step % opts.logEvery === 0 || trainer.step === totalSteps) log(progress.line(trainer.step, summary(last)));
-      if (trainer.step % opts.imageEvery === 0) await logMaskGrid(tb, trainer, val, trainer.step, null);
+      if (trainer.step % opts.imageEvery === 0 && trainer.step < totalSteps) await logMaskGrid(tb, trainer, val, trainer.step, null);
       if (trainer.step % opts.checkpointEvery === 0 && trainer.step < totalSteps) {
         checkpoint = await saveCheckpoint(opts.outDir, trainer);
       }
