@@ -1,0 +1,65 @@
+/**
+ * What every bench shares: command-line options (ResNet shape, batch, warm-up and timed calls,
+ * backend), the engine, a trainer with random weights (speed does not depend on them), the header
+ * line, and the timing loop.
+ */
+import { parseArgs } from 'node:util';
+import { defaultTrainConfig } from '../src/casm/config.js';
+import { CasmTrainer } from '../src/casm/trainer.js';
+import { initEngine, type BackendChoice, type EngineInfo } from '../src/engine.js';
+import { SMOOTHGRAD_DEFAULTS } from '../src/explain/smoothGrad.js';
+import { RESNET50, type ResNetConfig } from '../src/models/resnet.js';
+
+export interface Bench {
+  engine: EngineInfo;
+  trainer: CasmTrainer;
+  arch: ResNetConfig;
+  batch: number;
+  size: number;
+  /** SmoothGrad's n. */
+  samples: number;
+  steps: number;
+  warmup: number;
+}
+
+export async function setupBench(name: string, defaults: { batch: number; warmup: number }): Promise<Bench> {
+  const { values } = parseArgs({
+    options: {
+      backend: { type: 'string', default: 'auto' },
+      batch: { type: 'string', default: String(defaults.batch) },
+      size: { type: 'string', default: '224' },
+      samples: { type: 'string', default: String(SMOOTHGRAD_DEFAULTS.samples) },
+      steps: { type: 'string', default: '3' },
+      warmup: { type: 'string', default: String(defaults.warmup) },
+      depths: { type: 'string', default: RESNET50.depths.join(',') },
+      width: { type: 'string', default: String(RESNET50.width) },
+    },
+  });
+  const size = Number(values.size);
+  const arch = { depths: values.depths!.split(',').map(Number), width: Number(values.width), classes: 1000, inputSize: size };
+  const bench: Bench = {
+    engine: await initEngine(values.backend as BackendChoice),
+    trainer: new CasmTrainer(defaultTrainConfig({ arch, thinning: 'L100', batchSize: Number(values.batch) })),
+    arch,
+    batch: Number(values.batch),
+    size,
+    samples: Number(values.samples),
+    steps: Number(values.steps),
+    warmup: Number(values.warmup),
+  };
+  const { engine } = bench;
+  console.log(
+    `${name}: backend ${engine.backend}${engine.tensorflowVersion ? ` (libtensorflow ${engine.tensorflowVersion})` : ''}, ` +
+      `ResNet depths [${arch.depths}] width ${arch.width} at ${size}px, batch ${bench.batch}, ` +
+      `${bench.warmup} warm-up + ${bench.steps} timed calls each`,
+  );
+  return bench;
+}
+
+/** Milliseconds per call of fn, after `warm` untimed calls. */
+export function measure(fn: () => void, warm: number, calls: number): number {
+  for (let i = 0; i < warm; i++) fn();
+  const t0 = performance.now();
+  for (let i = 0; i < calls; i++) fn();
+  return (performance.now() - t0) / calls;
+}
