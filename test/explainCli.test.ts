@@ -10,12 +10,11 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
-import { defaultTrainConfig } from '../src/casm/config.js';
-import { runTraining } from '../src/casm/train.js';
 import { loadCluttered } from '../src/data/clutteredMnist.js';
 import { SEPARATOR } from '../src/explain/display.js';
 import { METHODS } from '../src/explain/explainCommand.js';
 import { useTestBackend } from './helpers/backend.js';
+import { trainTinyRun } from './helpers/tinyRun.js';
 
 const cli = fileURLToPath(new URL('../src/cli.js', import.meta.url));
 const tmp = mkdtempSync(join(tmpdir(), 'casm-explain-cli-'));
@@ -26,8 +25,7 @@ let backend = '';
 
 before(async () => {
   backend = await useTestBackend();
-  const config = defaultTrainConfig({ arch: { depths: [1, 1, 1, 1], width: 4, classes: 10, inputSize: SIZE }, batchSize: 8, warmupSteps: 2 });
-  await runTraining({ config, outDir: run, trainCount: 64, valCount: 8, checkpointEvery: 100, logEvery: 100, imageEvery: 1000, maxSteps: 3, log: () => {} });
+  await trainTinyRun(run, { inputSize: SIZE, decoderWidth: 64 });
   const digits = await loadCluttered({ split: 'test', count: 2, size: SIZE, seed: 5 });
   for (const [k, file] of [images[0], images[2]].entries()) {
     const gray = Buffer.from(digits.images.subarray(k * SIZE * SIZE, (k + 1) * SIZE * SIZE));

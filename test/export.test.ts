@@ -13,7 +13,6 @@ import { pathToFileURL } from 'node:url';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
 import { defaultTrainConfig } from '../src/casm/config.js';
-import { runTraining } from '../src/casm/train.js';
 import { CasmTrainer } from '../src/casm/trainer.js';
 import { CheckpointError, loadCheckpoint, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
 import { loadCluttered } from '../src/data/clutteredMnist.js';
@@ -23,6 +22,7 @@ import { buildMaskNetwork, ExportError, exportMasker, loadMaskNetwork, maxAbsDif
 import { maskCommand } from '../src/export/maskCommand.js';
 import { PROJECT_VERSION } from '../src/version.js';
 import { useTestBackend } from './helpers/backend.js';
+import { trainTinyRun } from './helpers/tinyRun.js';
 
 const SIZE = 64;
 const root = mkdtempSync(join(tmpdir(), 'casm-export-'));
@@ -37,25 +37,7 @@ let imageFiles: string[] = [];
 
 before(async () => {
   backend = await useTestBackend();
-  const config = defaultTrainConfig({
-    arch: { depths: [1, 1, 1, 1], width: 4, classes: 10, inputSize: SIZE },
-    masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true },
-    batchSize: 8,
-    warmupSteps: 15,
-  });
-  const { trainer } = await runTraining({
-    config,
-    outDir: runDir,
-    trainCount: 128,
-    valCount: 8,
-    checkpointEvery: 1000,
-    logEvery: 1000,
-    imageEvery: 1000,
-    maxSteps: 25,
-    log: () => {},
-  });
-  trainer.classifier.dispose();
-  for (const m of trainer.masker.models) m.dispose();
+  await trainTinyRun(runDir, { inputSize: SIZE, warmupSteps: 15, maxSteps: 25, trainCount: 128 });
   const set = await loadCluttered({ split: 'test', count: 6, seed: 11, size: SIZE, minDigit: 20, maxDigit: 40 });
   const rgb = new Uint8Array(set.n * SIZE * SIZE * 3);
   for (let p = 0; p < set.n * SIZE * SIZE; p++) rgb.fill(set.images[p], p * 3, p * 3 + 3);

@@ -16,13 +16,12 @@ import { tmpdir } from 'node:os';
 import { extname, join, normalize, sep } from 'node:path';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
-import { defaultTrainConfig } from '../src/casm/config.js';
-import { runTraining } from '../src/casm/train.js';
 import { loadCluttered } from '../src/data/clutteredMnist.js';
 import { maskBox } from '../src/eval/localization.js';
 import { exportMasker, loadMaskNetwork } from '../src/export/exportMasker.js';
 import { REPO_ROOT } from '../src/version.js';
 import { useTestBackend } from './helpers/backend.js';
+import { trainTinyRun } from './helpers/tinyRun.js';
 
 const CHROMIUM = process.env.CASM_CHROMIUM ?? '/usr/bin/chromium';
 const SIZE = 64;
@@ -65,24 +64,7 @@ function serve(): Promise<string> {
 before(async () => {
   await useTestBackend();
   const runDir = join(root, 'run');
-  const { trainer } = await runTraining({
-    config: defaultTrainConfig({
-      arch: { depths: [1, 1, 1, 1], width: 4, classes: 10, inputSize: SIZE },
-      masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true },
-      batchSize: 8,
-      warmupSteps: 2,
-    }),
-    outDir: runDir,
-    trainCount: 64,
-    valCount: 8,
-    checkpointEvery: 1000,
-    logEvery: 1000,
-    imageEvery: 1000,
-    maxSteps: 3,
-    log: () => {},
-  });
-  trainer.classifier.dispose();
-  for (const m of trainer.masker.models) m.dispose();
+  await trainTinyRun(runDir, { inputSize: SIZE });
   await exportMasker({ checkpoint: runDir, out: exportDir });
   // A canvas of real MNIST handwriting (cluttered digits), RGB PNG at the model's size.
   const set = await loadCluttered({ split: 'test', count: 2, seed: 5, size: SIZE, minDigit: 20, maxDigit: 40 });
