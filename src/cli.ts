@@ -5,12 +5,18 @@
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { existsSync, realpathSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { defaultTrainConfig, DEFAULT_OPTIM, type ClassifierStep, type TrainConfig } from './casm/config.js';
 import { THINNINGS, type Thinning } from './casm/pool.js';
 import { defaultLambda, SCORES, type Score } from './casm/score.js';
 import { runTraining } from './casm/train.js';
+import type { DataPlan } from './casm/trainData.js';
+import { readSynsetList } from './data/imageFolder.js';
+import { formatInspect, inspectData, makeShards } from './data/dataCommand.js';
+import { resolveDataSpec } from './data/spec.js';
+import { writeFileAtomic } from './util/atomicWrite.js';
 import { resolveCheckpoint } from './checkpoints/checkpoint.js';
 import { BACKEND_CHOICES, initEngine, type BackendChoice } from './engine.js';
 import { COLORMAPS } from './explain/display.js';
@@ -31,13 +37,33 @@ export const DIGITS_PRESET = {
   classes: 10,
   batchSize: 32,
   epochs: 1,
+  epochFraction: 1,
   // From scratch the classifier must be good before the masker can be scored against it.
   warmupSteps: 400,
-  trainCount: 25_600,
-  valCount: 1_000,
   classifierLr: 0.05,
   maskerLr: 1e-3,
   lrDecayEpochs: 20,
+};
+
+/** Shards (ImageNet): the spec's ResNet-50 and the reference schedule (section 2.5). */
+export const IMAGENET_PRESET: typeof DIGITS_PRESET = {
+  depths: [3, 4, 6, 3],
+  width: 64,
+  inputSize: 224,
+  classes: 1000,
+  batchSize: 128,
+  epochs: 60,
+  epochFraction: 0.2,
+  warmupSteps: 0,
+  classifierLr: 1e-3,
+  maskerLr: 1e-3,
+  lrDecayEpochs: 20,
+};
+
+type Preset = typeof DIGITS_PRESET;
+const presetHelp = (key: keyof Preset) => {
+  const v = (p: Preset) => (Array.isArray(p[key]) ? (p[key] as number[]).join(',') : String(p[key]));
+  return ` (default: ${v(DIGITS_PRESET)} for the digits, ${v(IMAGENET_PRESET)} for shards)`;
 };
 
 function int(min: number) {
@@ -66,10 +92,21 @@ function intList(v: string): number[] {
 
 interface TrainOptions {
   data: string;
+  val?: string;
+  boxes?: string;
+  synsets?: string;
+  classes?: string;
+  numClasses?: number;
+  workers: number;
+  shuffleBuffer: number;
+  prefetch: number;
+  epochFraction?: number;
+  shardIndex: number;
+  numShards: number;
   out?: string;
-  depths: number[];
-  width: number;
-  inputSize: number;
+  depths?: number[];
+  width?: number;
+  inputSize?: number;
   decoderWidth: number;
   upsample: Upsample;
   shareEncoder: boolean;
@@ -78,13 +115,13 @@ interface TrainOptions {
   lambdaR?: number;
   classifierStep: ClassifierStep;
   trainNoise: number;
-  warmupSteps: number;
-  batchSize: number;
-  epochs: number;
+  warmupSteps?: number;
+  batchSize?: number;
+  epochs?: number;
   stepsPerEpoch?: number;
-  lrClassifier: number;
-  lrMasker: number;
-  lrDecayEpochs: number;
+  lrClassifier?: number;
+  lrMasker?: number;
+  lrDecayEpochs?: number;
   weightDecay: number;
   clipNorm: number;
   trainCount: number;
@@ -99,29 +136,53 @@ interface TrainOptions {
   backend: BackendChoice;
 }
 
-export function trainConfigFrom(o: TrainOptions): TrainConfig {
+/** The resolved configuration: options given win, the rest comes from the data's preset. */
+export function trainConfigFrom(o: TrainOptions, classes: number): TrainConfig {
+  const p = o.data === BUILTIN_DATA ? DIGITS_PRESET : IMAGENET_PRESET;
   return defaultTrainConfig({
-    arch: { depths: o.depths, width: o.width, classes: DIGITS_PRESET.classes, inputSize: o.inputSize },
+    arch: { depths: o.depths ?? p.depths, width: o.width ?? p.width, classes, inputSize: o.inputSize ?? p.inputSize },
     masker: { decoderWidth: o.decoderWidth, upsample: o.upsample, shareEncoder: o.shareEncoder },
     thinning: o.thinning,
     score: o.score,
-    lambdaR: o.lambdaR ?? defaultLambda(o.thinning, o.score, DIGITS_PRESET.classes),
+    lambdaR: o.lambdaR ?? defaultLambda(o.thinning, o.score, classes),
     classifierStep: o.classifierStep,
     trainNoise: o.trainNoise,
-    warmupSteps: o.warmupSteps,
+    warmupSteps: o.warmupSteps ?? p.warmupSteps,
     optim: {
       ...DEFAULT_OPTIM,
-      classifierLr: o.lrClassifier,
-      maskerLr: o.lrMasker,
-      lrDecayEpochs: o.lrDecayEpochs,
+      classifierLr: o.lrClassifier ?? p.classifierLr,
+      maskerLr: o.lrMasker ?? p.maskerLr,
+      lrDecayEpochs: o.lrDecayEpochs ?? p.lrDecayEpochs,
       weightDecay: o.weightDecay,
       clipNorm: o.clipNorm,
     },
-    batchSize: o.batchSize,
-    epochs: o.epochs,
+    batchSize: o.batchSize ?? p.batchSize,
+    epochs: o.epochs ?? p.epochs,
     stepsPerEpoch: o.stepsPerEpoch ?? Number.MAX_SAFE_INTEGER,
     seed: o.seed,
   });
+}
+
+/** Where the run's data comes from, and the classifier's number of classes. */
+function dataPlanFrom(o: TrainOptions): { plan: DataPlan; classes: number } {
+  if (o.data === BUILTIN_DATA) {
+    return { plan: { kind: 'digits', trainCount: o.trainCount, valCount: o.valCount }, classes: DIGITS_PRESET.classes };
+  }
+  const synsetCount = o.synsets ? readSynsetList(o.synsets).length : null;
+  const shardOptions = { shardIndex: o.shardIndex, numShards: o.numShards };
+  const plan: DataPlan = {
+    kind: 'shards',
+    train: o.data,
+    trainOptions: { ...shardOptions, ...(o.synsets ? { synsets: o.synsets } : {}), ...(o.classes ? { classes: o.classes } : {}) },
+    valOptions: { ...(o.synsets ? { synsets: o.synsets } : {}), ...(o.boxes ? { boxes: o.boxes } : {}) },
+    valCount: o.valCount,
+    workers: o.workers,
+    shuffleBuffer: o.shuffleBuffer,
+    prefetchBatches: o.prefetch,
+    epochFraction: o.epochFraction ?? IMAGENET_PRESET.epochFraction,
+  };
+  if (o.val) plan.val = o.val;
+  return { plan, classes: o.numClasses ?? synsetCount ?? IMAGENET_PRESET.classes };
 }
 
 export function buildProgram(): Command {
@@ -130,15 +191,30 @@ export function buildProgram(): Command {
     .version(PROJECT_VERSION)
     .exitOverride()
     .showHelpAfterError();
-  const p = DIGITS_PRESET;
   program
     .command('train')
     .description('train a classifier and a masker in alternation (spec section 2)')
-    .option('--data <spec>', `training data: the built-in '${BUILTIN_DATA}' (ImageNet shards: not yet)`, BUILTIN_DATA)
+    .option(
+      '--data <spec>',
+      `training data: the built-in '${BUILTIN_DATA}', or shards (spec section 5): WebDataset tars ('dir/train-{000000..000146}.tar', globs), ` +
+        "TFRecords (build_imagenet_data.py), an ImageFolder; several joined with '::'",
+      BUILTIN_DATA,
+    )
+    .option('--val <spec>', 'held-out shards for the mask figures and the final check (default: the first training images)')
+    .option('--boxes <path>', 'boxes of the held-out images: a folder of VOC XML files or LOC_val_solution.csv')
+    .option('--synsets <file>', 'synset list (sorted synsets -> class index); default: the ImageFolder folders or the labels as stored')
+    .option('--classes <list>', "train on these classes only: ranges like '0-99,200' or a file of indices or synsets")
+    .option('--num-classes <n>', 'classifier outputs for shards without --synsets', int(2), IMAGENET_PRESET.classes)
+    .option('--workers <n>', 'decode worker threads (0: decode in the main thread)', int(0), Math.max(1, Math.min(4, availableParallelism())))
+    .option('--shuffle-buffer <n>', 'samples held for shuffling after the shard-order shuffle', int(0), 1000)
+    .option('--prefetch <batches>', 'batches the workers may decode ahead of training', int(1), 4)
+    .option('--epoch-fraction <f>', `share of the training set per epoch${presetHelp('epochFraction')}`, num(1e-9, 1))
+    .option('--shard-index <i>', "this job's share of the shards: those with index % num-shards == i", int(0), 0)
+    .option('--num-shards <n>', 'jobs the shards are split across', int(1), 1)
     .option('--out <dir>', 'run directory for checkpoints, event files and figures (default: checkpoints/<thinning>-<score>)')
-    .option('--depths <a,b,c,d>', 'bottleneck blocks per ResNet stage (ResNet-50: 3,4,6,3)', intList, p.depths)
-    .option('--width <n>', 'ResNet stem width (ResNet-50: 64)', int(1), p.width)
-    .option('--input-size <px>', 'image side, a multiple of 32 (ResNet-50 on ImageNet: 224)', int(32), p.inputSize)
+    .option('--depths <a,b,c,d>', `bottleneck blocks per ResNet stage${presetHelp('depths')}`, intList)
+    .option('--width <n>', `ResNet stem width${presetHelp('width')}`, int(1))
+    .option('--input-size <px>', `image side, a multiple of 32${presetHelp('inputSize')}`, int(32))
     .option('--decoder-width <n>', 'channels of each decoder branch', int(1), 64)
     .addOption(new Option('--upsample <mode>', 'decoder upsampling').choices(['nearest', 'bilinear', 'deconv']).default('nearest'))
     .option('--no-share-encoder', 'give the masker its own ResNet encoder (ablation)')
@@ -151,17 +227,17 @@ export function buildProgram(): Command {
         .default('joint'),
     )
     .option('--train-noise <s>', 'Gaussian input noise level for the classifier (SmoothGrad 3.5); 0 = off', num(0, 10), 0)
-    .option('--warmup-steps <n>', 'iterations of classifier-only training before CASM (0 with pretrained weights)', int(0), p.warmupSteps)
-    .option('--batch-size <n>', 'images per iteration', int(1), p.batchSize)
-    .option('--epochs <n>', 'epochs', int(1), p.epochs)
+    .option('--warmup-steps <n>', `iterations of classifier-only training before CASM${presetHelp('warmupSteps')}`, int(0))
+    .option('--batch-size <n>', `images per iteration${presetHelp('batchSize')}`, int(1))
+    .option('--epochs <n>', `epochs${presetHelp('epochs')}`, int(1))
     .option('--steps-per-epoch <n>', 'iterations per epoch (default: one pass over the training set)', int(1))
-    .option('--lr-classifier <x>', 'classifier SGD learning rate (spec: 1e-3 from a pretrained ResNet)', num(0), p.classifierLr)
-    .option('--lr-masker <x>', 'masker Adam learning rate', num(0), p.maskerLr)
-    .option('--lr-decay-epochs <n>', 'multiply both learning rates by 0.1 every n epochs', int(1), p.lrDecayEpochs)
+    .option('--lr-classifier <x>', `classifier SGD learning rate${presetHelp('classifierLr')}`, num(0))
+    .option('--lr-masker <x>', `masker Adam learning rate${presetHelp('maskerLr')}`, num(0))
+    .option('--lr-decay-epochs <n>', `multiply both learning rates by 0.1 every n epochs${presetHelp('lrDecayEpochs')}`, int(1))
     .option('--weight-decay <x>', 'L2 weight decay of both optimisers', num(0), DEFAULT_OPTIM.weightDecay)
     .option('--clip-norm <x>', 'masker gradient norm clip', num(0), DEFAULT_OPTIM.clipNorm)
-    .option('--train-count <n>', 'cluttered training digits', int(1), p.trainCount)
-    .option('--val-count <n>', 'held-out cluttered digits for figures and the final check', int(1), p.valCount)
+    .option('--train-count <n>', 'cluttered training digits (built-in data)', int(1), 25_600)
+    .option('--val-count <n>', 'held-out images for figures and the final check', int(1), 1_000)
     .option('--checkpoint-every <n>', 'iterations between checkpoints', int(1), 500)
     .option('--log-every <n>', 'iterations between progress lines', int(1), 25)
     .option('--image-every <n>', 'iterations between TensorBoard mask grids', int(1), 200)
@@ -171,22 +247,32 @@ export function buildProgram(): Command {
     .option('--seed <n>', 'seed of every random choice', int(0), 0)
     .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'))
     .action(async (o: TrainOptions) => {
-      if (o.data !== BUILTIN_DATA) {
-        if (!existsSync(o.data)) throw new UsageError(`--data ${o.data}: no such file or directory`);
-        throw new UsageError(`--data ${o.data}: only the built-in '${BUILTIN_DATA}' is supported in this version`);
-      }
-      if (o.inputSize % 32 !== 0) throw new UsageError(`--input-size ${o.inputSize}: must be a multiple of 32`);
-      for (const [flag, path] of [['--resume', o.resume], ['--classifier-weights', o.classifierWeights]] as const) {
+      if (o.inputSize !== undefined && o.inputSize % 32 !== 0) throw new UsageError(`--input-size ${o.inputSize}: must be a multiple of 32`);
+      if (o.shardIndex >= o.numShards) throw new UsageError(`--shard-index ${o.shardIndex}: must be below --num-shards ${o.numShards}`);
+      const paths = [['--resume', o.resume], ['--classifier-weights', o.classifierWeights], ['--synsets', o.synsets], ['--boxes', o.boxes]] as const;
+      for (const [flag, path] of paths) {
         if (path !== undefined && !existsSync(path)) throw new UsageError(`${flag} ${path}: no such file or directory`);
+      }
+      // A spec that matches nothing is an error before anything starts.
+      for (const [flag, spec] of [['--data', o.data], ['--val', o.val]] as const) {
+        if (spec === undefined || spec === BUILTIN_DATA) continue;
+        try {
+          resolveDataSpec(spec);
+        } catch (e) {
+          throw new UsageError(`${flag}: ${(e as Error).message}`);
+        }
       }
       const log = (line: string) => console.log(line);
       await initEngine(o.backend, log);
-      const config = trainConfigFrom(o);
+      const { plan, classes } = dataPlanFrom(o);
+      const config = trainConfigFrom(o, classes);
+      if (plan.kind === 'shards' && !o.classifierWeights && !o.resume && config.warmupSteps === 0) {
+        log('note: no --classifier-weights and no --warmup-steps: the masker is scored against an untrained classifier (the paper starts from a pretrained ResNet-50)');
+      }
       await runTraining({
         config,
         outDir: o.out ?? (o.resume ? dirname(resolveCheckpoint(o.resume)) : `checkpoints/${o.thinning}-${o.score}`),
-        trainCount: o.trainCount,
-        valCount: o.valCount,
+        data: plan,
         checkpointEvery: o.checkpointEvery,
         logEvery: o.logEvery,
         imageEvery: o.imageEvery,
@@ -195,6 +281,48 @@ export function buildProgram(): Command {
         classifierWeights: o.classifierWeights,
         log,
       });
+    });
+  const data = program.command('data').description('data sets as shards: write WebDataset shards, inspect any spec (spec section 5)');
+  data
+    .command('make-shards')
+    .description('write an ImageFolder (root/<synset>/<image>) as shuffled WebDataset tar shards + synsets.txt')
+    .argument('<imagefolder>', 'ImageFolder root')
+    .argument('<out>', 'output folder (must not hold shards with the same prefix)')
+    .option('--shard-size <n>', 'samples per shard', int(1), 1000)
+    .option('--prefix <name>', 'shard file names <prefix>-000000.tar', 'shard')
+    .option('--synsets <file>', 'synset list fixing the class indices (default: the folder names)')
+    .option('--no-shuffle', 'keep the folder order (default: a seeded shuffle, so shards mix classes)')
+    .option('--seed <n>', 'seed of the shuffle', int(0), 0)
+    .action(async (root: string, out: string, o: { shardSize: number; prefix: string; synsets?: string; shuffle: boolean; seed: number }) => {
+      if (!existsSync(root)) throw new UsageError(`${root}: no such file or directory`);
+      const log = (line: string) => console.log(line);
+      const r = await makeShards({ root, out, ...o, log });
+      if (r.problems.count > 0) {
+        log(`skipped ${r.problems.count}: ${JSON.stringify(r.problems.byKind)}`);
+        for (const line of r.problems.format().slice(0, 20)) log(`  ${line}`);
+      }
+    });
+  data
+    .command('inspect')
+    .description('read every sample of a spec: counts, classes, image sizes, formats, boxes and problems')
+    .argument('<spec>', 'shards or an ImageFolder, as for train --data')
+    .option('--synsets <file>', 'synset list')
+    .option('--classes <list>', "only these classes: ranges like '0-99,200' or a file")
+    .option('--boxes <path>', 'a folder of VOC XML files or LOC_val_solution.csv')
+    .option('--shard-index <i>', "this job's share of the shards", int(0), 0)
+    .option('--num-shards <n>', 'jobs the shards are split across', int(1), 1)
+    .option('--json <file>', 'also write the report as JSON')
+    .action(async (spec: string, o: { synsets?: string; classes?: string; boxes?: string; shardIndex: number; numShards: number; json?: string }) => {
+      try {
+        resolveDataSpec(spec);
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
+      const log = (line: string) => console.log(line);
+      const { json, ...rest } = o;
+      const report = await inspectData(spec, { ...rest, log });
+      log(formatInspect(report));
+      if (json) writeFileAtomic(json, JSON.stringify(report, null, 2));
     });
   program
     .command('explain')

@@ -37,8 +37,7 @@ function options(outDir: string, over: Partial<RunOptions> = {}): RunOptions {
   return {
     config: config(),
     outDir,
-    trainCount: 400,
-    valCount: 16,
+    data: { kind: 'digits', trainCount: 400, valCount: 16 },
     checkpointEvery: 1000,
     logEvery: 1000,
     imageEvery: 1000,

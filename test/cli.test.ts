@@ -25,7 +25,7 @@ test('casm train --help lists every option with its default', () => {
   }
   assert.match(out, /--thinning <strategy> classifier pool strategy \(choices: "F", "L", "FL", "L100", "L1000", default: "L100"\)/);
   assert.match(out, /--backend <name> compute engine \(choices: "auto", "tensorflow", "tensorflow-gpu", "cpu", default: "auto"\)/);
-  assert.match(out, /--batch-size <n> images per iteration \(default: 32\)/);
+  assert.match(out, /--batch-size <n> images per iteration \(default: 32 for the digits, 128 for shards\)/);
   assert.match(out, /--lambda-r <x> area penalty lambda_R \(default: the preset of thinning and score, scaled by log\(classes\)\/log\(1000\)\)/);
 });
 
@@ -41,7 +41,11 @@ test('bad invocations exit with code 2 and say what is wrong', () => {
     [['train', '--batch-size', 'many'], /--batch-size.*expected an integer >= 1/],
     [['train', '--frobnicate'], /unknown option '--frobnicate'/],
     [['train', '--input-size', '100'], /--input-size 100: must be a multiple of 32/],
-    [['train', '--data', join(tmp, 'missing')], /--data .*missing: no such file or directory/],
+    [['train', '--data', join(tmp, 'missing')], /--data: data spec ".*missing": ".*missing" does not exist/],
+    [['train', '--data', join(tmp, 'shard-{000..002}.tar')], /--data: data spec .*: 3 of the 3 names of the brace pattern .* match no file/],
+    [['train', '--data', join(tmp, '*.tfrecord')], /--data: data spec .*matches no file/],
+    [['train', '--shard-index', '2', '--num-shards', '2'], /--shard-index 2: must be below --num-shards 2/],
+    [['train', '--classes', '0-9', '--epoch-fraction', '0'], /--epoch-fraction.*expected a number in/],
     [['train', '--resume', join(tmp, 'nowhere')], /--resume .*nowhere: no such file or directory/],
   ];
   for (const [args, message] of cases) {

@@ -5,7 +5,7 @@
  *
  * Nothing here depends on tfjs, so the readers can run in a worker thread.
  */
-import { createReadStream } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 
 /** [x0, y0, x1, y1] in pixels of the original (stored, upright) image; x1, y1 exclusive. */
 export type PixelBox = [number, number, number, number];
@@ -46,6 +46,8 @@ export type ProblemKind =
   | 'unknown-synset'
   | 'unreadable'
   | 'no-class-box'
+  | 'no-annotation'
+  | 'duplicate-key'
   | 'bad-annotation'
   | 'decode-error';
 
@@ -99,9 +101,61 @@ export function sampleStream(problems: Problems, gen: () => AsyncGenerator<Sampl
 
 export type ByteSource = string | Uint8Array | AsyncIterable<Uint8Array>;
 
-/** File path -> read stream chunks; bytes -> one chunk; an async iterable as is. */
-export function chunksOf(src: ByteSource, highWaterMark = 1 << 20): AsyncIterable<Uint8Array> {
-  if (typeof src === 'string') return createReadStream(src, { highWaterMark });
+/** A chunk source that can jump ahead without reading (a file): lets readers count cheaply. */
+interface Seekable {
+  advance(n: number): Promise<number>;
+}
+
+/**
+ * A file's chunks by positional reads. `advance(n)` moves the position without reading, so a
+ * reader that only needs the headers (counting samples) does not read the image bytes.
+ */
+class FileChunks implements AsyncIterable<Uint8Array>, Seekable {
+  private fh: FileHandle | null = null;
+  private pos = 0;
+  private size = 0;
+
+  constructor(
+    private readonly path: string,
+    private readonly chunk: number,
+  ) {}
+
+  private async handle(): Promise<FileHandle> {
+    if (this.fh === null) {
+      this.fh = await open(this.path, 'r');
+      this.size = (await this.fh.stat()).size;
+    }
+    return this.fh;
+  }
+
+  async advance(n: number): Promise<number> {
+    await this.handle();
+    const step = Math.max(0, Math.min(n, this.size - this.pos));
+    this.pos += step;
+    return step;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
+    const fh = await this.handle();
+    try {
+      for (;;) {
+        const buf = new Uint8Array(Math.min(this.chunk, Math.max(0, this.size - this.pos)));
+        if (buf.length === 0) return;
+        const { bytesRead } = await fh.read(buf, 0, buf.length, this.pos);
+        if (bytesRead === 0) return;
+        this.pos += bytesRead;
+        yield buf.subarray(0, bytesRead);
+      }
+    } finally {
+      this.fh = null;
+      await fh.close();
+    }
+  }
+}
+
+/** File path -> positional file chunks; bytes -> one chunk; an async iterable as is. */
+export function chunksOf(src: ByteSource, chunkBytes = 1 << 20): AsyncIterable<Uint8Array> {
+  if (typeof src === 'string') return new FileChunks(src, chunkBytes);
   if (src instanceof Uint8Array) {
     return (async function* () {
       yield src;
@@ -117,6 +171,7 @@ export function chunksOf(src: ByteSource, highWaterMark = 1 << 20): AsyncIterabl
  */
 export class ByteReader {
   private it: AsyncIterator<Uint8Array>;
+  private readonly seekable: Seekable | null;
   private buf: Uint8Array = new Uint8Array(0);
   private pos = 0;
   private done = false;
@@ -124,6 +179,7 @@ export class ByteReader {
 
   constructor(chunks: AsyncIterable<Uint8Array>) {
     this.it = chunks[Symbol.asyncIterator]();
+    this.seekable = chunks instanceof FileChunks ? chunks : null;
   }
 
   private async fill(): Promise<boolean> {
@@ -162,9 +218,13 @@ export class ByteReader {
     return got === n ? out : out.subarray(0, got);
   }
 
-  /** Skips n bytes; returns how many were skipped (fewer only at the end). */
+  /** Skips n bytes; returns how many were skipped (fewer only at the end). A file is not read. */
   async skip(n: number): Promise<number> {
     let left = n;
+    const buffered = Math.min(left, this.buf.length - this.pos);
+    this.pos += buffered;
+    left -= buffered;
+    if (left > 0 && this.seekable !== null && !this.done) left -= await this.seekable.advance(left);
     while (left > 0) {
       if (this.pos >= this.buf.length && !(await this.fill())) break;
       const take = Math.min(left, this.buf.length - this.pos);

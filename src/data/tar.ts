@@ -38,6 +38,8 @@ export interface TarReadOptions {
   problems?: Problems;
   /** Members larger than this are skipped as 'too-large' (default 256 MiB). */
   maxMemberBytes?: number;
+  /** Read this member's bytes? false: it is yielded with empty data and not read (counting). */
+  readData?: (name: string, size: number) => boolean;
 }
 
 const dec = new TextDecoder('utf-8');
@@ -207,6 +209,11 @@ export async function* readTarMembers(src: ByteSource, opts: TarReadOptions = {}
         if (!(await skipData())) return;
         continue;
       }
+      if (opts.readData && !opts.readData(name, size)) {
+        if (!(await skipData())) return;
+        yield { name: name.replace(/^\.\//, ''), offset: start, size, type: '0', data: new Uint8Array(0) };
+        continue;
+      }
       const body = await r.read(size);
       if (body.length < size) {
         problems.add('truncated', file, start, `archive ends inside member ${JSON.stringify(name)} (${body.length} of ${size} bytes)`);
@@ -233,16 +240,14 @@ export const IMAGE_EXTS = ['jpg', 'jpeg', 'png', 'webp'];
 
 export type WebDatasetOptions = TarReadOptions;
 
-/** A member group's label: `.cls` ASCII decimal, or `.json` (a number, or {label|cls, synset?, boxes?}). */
+/**
+ * A member group's label: `.cls` ASCII decimal and/or `.json` (a number, or {label|cls, synset?,
+ * boxes?}); with both, `.cls` gives the label and `.json` the synset and boxes.
+ */
 function labelOf(
   parts: Map<string, Uint8Array>,
 ): { label?: number; synset?: string; boxes?: PixelBox[]; error?: string } {
-  const cls = parts.get('cls');
-  if (cls !== undefined) {
-    const s = dec.decode(cls).trim();
-    if (!/^\d+$/.test(s)) return { error: `.cls is not a decimal class index: ${JSON.stringify(s.slice(0, 40))}` };
-    return { label: Number(s) };
-  }
+  const out: { label?: number; synset?: string; boxes?: PixelBox[]; error?: string } = {};
   const json = parts.get('json');
   if (json !== undefined) {
     let v: unknown;
@@ -253,15 +258,18 @@ function labelOf(
     }
     const o = typeof v === 'number' ? { label: v } : (v as Record<string, unknown> | null);
     const label = o?.label ?? o?.cls;
-    if (typeof label !== 'number' || !Number.isInteger(label) || label < 0) {
-      return { error: '.json has no integer "label" (or "cls") >= 0' };
-    }
-    const out: { label: number; synset?: string; boxes?: PixelBox[] } = { label };
+    if (typeof label === 'number' && Number.isInteger(label) && label >= 0) out.label = label;
+    else if (!parts.has('cls')) return { error: '.json has no integer "label" (or "cls") >= 0' };
     if (typeof o?.synset === 'string') out.synset = o.synset;
     if (Array.isArray(o?.boxes)) out.boxes = (o.boxes as unknown[]).filter(isBox);
-    return out;
   }
-  return {};
+  const cls = parts.get('cls');
+  if (cls !== undefined) {
+    const s = dec.decode(cls).trim();
+    if (!/^\d+$/.test(s)) return { error: `.cls is not a decimal class index: ${JSON.stringify(s.slice(0, 40))}` };
+    out.label = Number(s);
+  }
+  return out;
 }
 
 function isBox(b: unknown): b is PixelBox {

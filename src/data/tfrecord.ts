@@ -32,6 +32,8 @@ export interface TfRecordReadOptions {
   maxRecordBytes?: number;
   /** Check the data CRC (default true). */
   verify?: boolean;
+  /** false: records are yielded with empty data, the data not read (counting). Default true. */
+  readData?: boolean;
 }
 
 /** The raw records of a TFRecord file (path, bytes or chunk stream). */
@@ -62,6 +64,15 @@ export async function* readTfRecords(src: ByteSource, opts: TfRecordReadOptions 
         return;
       }
       const len = Number(len64);
+      if (opts.readData === false) {
+        const got = await r.skip(len + 4);
+        if (got < len + 4) {
+          problems.add('truncated', file, offset, `file ends inside a record (${got} of ${len + 4} bytes)`);
+          return;
+        }
+        yield { offset, data: new Uint8Array(0) };
+        continue;
+      }
       const body = await r.read(len + 4);
       if (body.length < len + 4) {
         problems.add('truncated', file, offset, `file ends inside a record (${body.length} of ${len + 4} bytes)`);

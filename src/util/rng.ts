@@ -42,3 +42,16 @@ export class Rng {
     this.s = s >>> 0;
   }
 }
+
+/** A 32-bit seed from several parts (numbers, strings): FNV-1a over their text, then mixed. */
+export function seedFrom(...parts: (number | string)[]): number {
+  let h = 0x811c9dc5;
+  for (const ch of parts.join('\u0000')) {
+    h ^= ch.codePointAt(0)!;
+    h = Math.imul(h, 0x01000193);
+  }
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  return h >>> 0;
+}

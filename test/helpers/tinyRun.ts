@@ -24,8 +24,7 @@ export async function trainTinyRun(outDir: string, o: TinyRun = {}): Promise<voi
   const { trainer } = await runTraining({
     config,
     outDir,
-    trainCount: o.trainCount ?? 64,
-    valCount: 8,
+    data: { kind: 'digits', trainCount: o.trainCount ?? 64, valCount: 8 },
     checkpointEvery: 1000,
     logEvery: 1000,
     imageEvery: 1000,

@@ -1,0 +1,233 @@
+/**
+ * Where a training run's batches and held-out images come from: the built-in cluttered digits
+ * (in memory) or a user's shards (spec section 5) streamed through the DataLoader's workers.
+ * The loop asks for the batch of iteration `step`; both sources give the same batches to a
+ * resumed run as to an uninterrupted one.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { loadCluttered, type ClutteredSet } from '../data/clutteredMnist.js';
+import { toBatch } from '../data/batches.js';
+import { countShard, openDataset, type DatasetOptions } from '../data/dataset.js';
+import { DataLoader, type HostBatch } from '../data/loader.js';
+import type { Problem, Problems } from '../data/samples.js';
+import type { Box } from '../eval/localization.js';
+import { Rng, seedFrom } from '../util/rng.js';
+
+export interface TrainBatch {
+  x: tf.Tensor4D;
+  y: tf.Tensor1D;
+  /** Milliseconds the loop waited for this batch. */
+  waitMs: number;
+}
+
+/** Held-out images in memory, for the mask figures and the final localisation check. */
+export interface HeldOut {
+  n: number;
+  size: number;
+  labels: Int32Array;
+  /** Ground-truth boxes per image (empty: the image has none). */
+  boxes: Box[][];
+  /** Normalised NHWC batch of these images; the caller disposes it. */
+  batch(indices: number[]): tf.Tensor4D;
+}
+
+export interface TrainData {
+  /** For the log line: what is being trained on. */
+  describe: string;
+  /** Training images per epoch (after --epoch-fraction). */
+  samplesPerEpoch: number;
+  /** The batch of iteration `step`, given `stepsPerEpoch`. Calls come in step order. */
+  next(step: number, stepsPerEpoch: number): Promise<TrainBatch>;
+  heldOut: HeldOut;
+  problems: Problems | null;
+  close(): Promise<void>;
+}
+
+export interface DigitsPlan {
+  kind: 'digits';
+  trainCount: number;
+  valCount: number;
+}
+
+export interface ShardsPlan {
+  kind: 'shards';
+  train: string;
+  trainOptions: DatasetOptions;
+  /** Held-out spec and its options (boxes); default: the first images of the training data. */
+  val?: string;
+  valOptions: DatasetOptions;
+  valCount: number;
+  workers: number;
+  shuffleBuffer: number;
+  prefetchBatches: number;
+  epochFraction: number;
+  pixelLimit?: number;
+}
+
+export type DataPlan = DigitsPlan | ShardsPlan;
+
+export interface OpenOptions {
+  size: number;
+  batchSize: number;
+  seed: number;
+  log: (line: string) => void;
+}
+
+export function openTrainData(plan: DataPlan, o: OpenOptions): Promise<TrainData> {
+  return plan.kind === 'digits' ? digitsData(plan, o) : shardsData(plan, o);
+}
+
+/** Samples of the epoch-`epoch` permutation, batch `b`: a pure function of (seed, epoch). */
+function batchAt(n: number, batchSize: number, seed: number, epoch: number, b: number): number[] {
+  const rng = new Rng((seed * 1_000_003 + epoch) >>> 0);
+  const perm = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = rng.int(i + 1);
+    [perm[i], perm[j]] = [perm[j]!, perm[i]!];
+  }
+  return perm.slice(b * batchSize, (b + 1) * batchSize);
+}
+
+function clutteredHeldOut(val: ClutteredSet): HeldOut {
+  const boxes = Array.from({ length: val.n }, (_, i): Box[] => [[val.boxes[4 * i]!, val.boxes[4 * i + 1]!, val.boxes[4 * i + 2]!, val.boxes[4 * i + 3]!]]);
+  return {
+    n: val.n,
+    size: val.size,
+    labels: val.labels,
+    boxes,
+    batch(indices) {
+      const b = toBatch(val, indices);
+      b.y.dispose();
+      return b.x;
+    },
+  };
+}
+
+async function digitsData(plan: DigitsPlan, o: OpenOptions): Promise<TrainData> {
+  // Digits of 20-40 px on the default 64 px canvas, the same proportion on other canvases.
+  const digits = { size: o.size, minDigit: Math.round((o.size * 20) / 64), maxDigit: Math.round((o.size * 40) / 64) };
+  const train = await loadCluttered({ split: 'train', count: plan.trainCount, seed: o.seed, ...digits });
+  const val = await loadCluttered({ split: 'test', count: plan.valCount, seed: o.seed + 1, ...digits });
+  if (train.n < o.batchSize) throw new Error(`${train.n} training images are fewer than one batch of ${o.batchSize}`);
+  return {
+    describe: `${train.n} cluttered digits ${o.size}px`,
+    samplesPerEpoch: train.n,
+    async next(step, stepsPerEpoch) {
+      const t0 = performance.now();
+      const b = toBatch(train, batchAt(train.n, o.batchSize, o.seed, Math.floor(step / stepsPerEpoch), step % stepsPerEpoch));
+      return { x: b.x, y: b.y, waitMs: performance.now() - t0 };
+    },
+    heldOut: clutteredHeldOut(val),
+    problems: null,
+    close: async () => {},
+  };
+}
+
+/** Data problems are printed as they happen, up to this many; all are counted. */
+const PRINTED_PROBLEMS = 20;
+
+async function shardsData(plan: ShardsPlan, o: OpenOptions): Promise<TrainData> {
+  let printed = 0;
+  const onProblem = (p: Problem) => {
+    if (printed++ < PRINTED_PROBLEMS) o.log(`data: ${p.file}@${p.offset}: ${p.kind}: ${p.message}`);
+    if (printed === PRINTED_PROBLEMS) o.log(`data: further problems are counted, not printed (TensorBoard data/problems)`);
+  };
+  const loaderOptions = {
+    workers: plan.workers,
+    batchSize: o.batchSize,
+    size: o.size,
+    seed: o.seed,
+    shuffleBuffer: plan.shuffleBuffer,
+    prefetchBatches: plan.prefetchBatches,
+    onProblem,
+    ...(plan.pixelLimit !== undefined ? { pixelLimit: plan.pixelLimit } : {}),
+  };
+  const train = openDataset(plan.train, plan.trainOptions);
+  const t0 = performance.now();
+  const counts = await Promise.all(train.shards.map((s) => countShard(s, train)));
+  const total = counts.reduce((a, c) => a + c.count, 0);
+  const exact = counts.every((c) => c.exact);
+  const samplesPerEpoch = Math.floor(total * plan.epochFraction);
+  o.log(
+    `data: ${train.layout} ${plan.train}: ${train.shards.length} of ${train.totalShards} shards, ${exact ? '' : 'about '}${total} images` +
+      `${train.classes ? ` of ${train.classes.length} classes` : ''} (counted in ${((performance.now() - t0) / 1000).toFixed(1)} s); ` +
+      `${samplesPerEpoch} per epoch; ${plan.workers} decode workers, shuffle buffer ${plan.shuffleBuffer}, prefetch ${plan.prefetchBatches} batches`,
+  );
+  if (samplesPerEpoch < o.batchSize) throw new Error(`${plan.train}: ${samplesPerEpoch} images per epoch are fewer than one batch of ${o.batchSize}`);
+
+  const loader = new DataLoader(train, { ...loaderOptions, preprocess: 'train' });
+  const heldOut = await shardsHeldOut(plan, loaderOptions, o);
+  let epoch = -1;
+  let nextStep = -1;
+  let batches: AsyncGenerator<HostBatch> | null = null;
+  return {
+    describe: `${plan.train}, RandomResizedCrop ${o.size} + flip`,
+    samplesPerEpoch,
+    async next(step, stepsPerEpoch) {
+      const e = Math.floor(step / stepsPerEpoch);
+      if (batches === null || e !== epoch || step !== nextStep) {
+        await batches?.return(undefined);
+        epoch = e;
+        const done = (step % stepsPerEpoch) * o.batchSize;
+        batches = loader.batches(e, { skip: done, limit: stepsPerEpoch * o.batchSize - done });
+      }
+      let r = await batches.next();
+      if (r.done) {
+        // The stream ran short of the counted epoch (an estimated count): go on with the next epoch.
+        o.log(`data: epoch ${e} ended before iteration ${step}; continuing with the next epoch's order`);
+        batches = loader.batches(e + 1, {});
+        r = await batches.next();
+        if (r.done) throw new Error(`${plan.train}: no training images left to read`);
+      }
+      nextStep = step + 1;
+      const b = r.value;
+      return {
+        x: tf.tensor4d(b.x, [b.n, b.size, b.size, 3]),
+        y: tf.tensor1d(b.labels, 'int32'),
+        waitMs: b.waitMs,
+      };
+    },
+    heldOut,
+    problems: loader.problems,
+    async close() {
+      await batches?.return(undefined);
+      await loader.close();
+    },
+  };
+}
+
+/** The first `valCount` images of --val (or of the training data), eval preprocessing. */
+async function shardsHeldOut(plan: ShardsPlan, loaderOptions: Omit<ConstructorParameters<typeof DataLoader>[1], 'preprocess'>, o: OpenOptions): Promise<HeldOut> {
+  const ds = openDataset(plan.val ?? plan.train, plan.val ? plan.valOptions : plan.trainOptions);
+  const loader = new DataLoader(ds, { ...loaderOptions, preprocess: 'eval', shuffleBuffer: 0, seed: seedFrom('held-out', o.seed) });
+  const per = o.size * o.size * 3;
+  const x = new Float32Array(plan.valCount * per);
+  const labels: number[] = [];
+  const boxes: Box[][] = [];
+  try {
+    for await (const s of loader.samples(0, { limit: plan.valCount })) {
+      x.set(s.data, labels.length * per);
+      labels.push(s.label);
+      boxes.push((s.boxes ?? []).map((b): Box => [b[0], b[1], b[2], b[3]]));
+    }
+  } finally {
+    await loader.close();
+  }
+  if (labels.length === 0) throw new Error(`${plan.val ?? plan.train}: no held-out images could be read`);
+  const withBoxes = boxes.filter((b) => b.length > 0).length;
+  o.log(
+    `held-out: ${labels.length} images of ${plan.val ?? `${plan.train} (no --val: the first training images)`}, ` +
+      `short side ${o.size} + centre crop; ${withBoxes} with boxes`,
+  );
+  return {
+    n: labels.length,
+    size: o.size,
+    labels: Int32Array.from(labels),
+    boxes,
+    batch(indices) {
+      const data = new Float32Array(indices.length * per);
+      indices.forEach((idx, i) => data.set(x.subarray(idx * per, (idx + 1) * per), i * per));
+      return tf.tensor4d(data, [indices.length, o.size, o.size, 3]);
+    },
+  };
+}
