@@ -3,27 +3,13 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import sharp from 'sharp';
-import { loadMnist } from '../src/data/mnist.js';
 import { encodeTar, readTarMembers, readWebDataset, webDatasetEntries, writeTar } from '../src/data/tar.js';
 import { resolveDataSpec } from '../src/data/spec.js';
 import type { Sample } from '../src/data/samples.js';
 import { formatInspect, inspectData, makeShards, shardKey, sniffImageExt } from '../src/data/dataCommand.js';
+import { digitImage, digitJpeg } from './helpers/images.js';
 
-function digitRgb(i: number): Buffer {
-  const m = loadMnist('test');
-  const rgb = Buffer.alloc(784 * 3);
-  for (let p = 0; p < 784; p++) {
-    const v = m.images[i * 784 + p]!;
-    rgb[3 * p] = v;
-    rgb[3 * p + 1] = v >> 1;
-    rgb[3 * p + 2] = 255 - v;
-  }
-  return rgb;
-}
-
-const digit = (i: number) => sharp(digitRgb(i), { raw: { width: 28, height: 28, channels: 3 } });
-const digitJpeg = (i: number, w: number, h: number) => digit(i).resize(w, h).jpeg({ quality: 90 }).toBuffer();
+const digit = digitImage;
 
 async function collect(stream: AsyncIterable<Sample>): Promise<Sample[]> {
   const out: Sample[] = [];
@@ -65,7 +51,7 @@ async function makeFolder(dir: string): Promise<Folder> {
   for (const s of SYNSETS) mkdirSync(join(root, s), { recursive: true });
   let k = 0;
   for (const [label, name, kind, w, h] of layout) {
-    const bytes = kind === 'jpg' ? await digitJpeg(k, w, h) : await digit(k).resize(w, h).png().toBuffer();
+    const bytes = kind === 'jpg' ? await digitJpeg(k, w, h, 90) : await digit(k).resize(w, h).png().toBuffer();
     k++;
     const synset = SYNSETS[label]!;
     const file = join(root, synset, name);

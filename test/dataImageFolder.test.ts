@@ -3,24 +3,11 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import sharp from 'sharp';
-import { loadMnist } from '../src/data/mnist.js';
+import { digitJpeg } from './helpers/images.js';
 import { listImageFolder, readImageFolder, readSynsetList } from '../src/data/imageFolder.js';
 import { readWebDataset, webDatasetEntries, writeTar } from '../src/data/tar.js';
 import { decodeRgb, decodeTransform } from '../src/data/decode.js';
 import { Problems, type Sample } from '../src/data/samples.js';
-
-async function digitJpeg(i: number): Promise<Buffer> {
-  const m = loadMnist('test');
-  const rgb = Buffer.alloc(784 * 3);
-  for (let p = 0; p < 784; p++) {
-    const v = m.images[i * 784 + p]!;
-    rgb[3 * p] = v;
-    rgb[3 * p + 1] = v >> 1;
-    rgb[3 * p + 2] = 255 - v;
-  }
-  return sharp(rgb, { raw: { width: 28, height: 28, channels: 3 } }).resize(56, 48).jpeg({ quality: 90 }).toBuffer();
-}
 
 async function collect(stream: AsyncIterable<Sample>): Promise<Sample[]> {
   const out: Sample[] = [];
@@ -42,7 +29,7 @@ test('imageFolder: class index = position in the sorted synset list (folders or 
     let k = 0;
     for (const [syn, f] of layout) {
       mkdirSync(join(root, syn), { recursive: true });
-      const b = await digitJpeg(k++);
+      const b = await digitJpeg(k++, 56, 48, 90);
       bytes.set(`${syn}/${f}`, b);
       writeFileSync(join(root, syn, f), b);
     }
@@ -121,7 +108,7 @@ test('imageFolder vs WebDataset tar: same images, labels, decoded and transforme
     const entries = [];
     for (let i = 0; i < 6; i++) {
       const syn = synsets[i % 2]!;
-      const img = await digitJpeg(100 + i);
+      const img = await digitJpeg(100 + i, 56, 48, 90);
       mkdirSync(join(root, syn), { recursive: true });
       writeFileSync(join(root, syn, `${syn}_${i}.JPEG`), img);
       entries.push({ key: `${syn}/${syn}_${i}`, img, label: syn === 'n01440764' ? 0 : 1 });

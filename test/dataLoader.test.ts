@@ -3,30 +3,16 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import sharp from 'sharp';
 import { countShard, openDataset, parseClassRanges } from '../src/data/dataset.js';
 import { decodeTransform } from '../src/data/decode.js';
 import { DataLoader, type LoaderOptions } from '../src/data/loader.js';
-import { loadMnist } from '../src/data/mnist.js';
 import type { DecodedSample } from '../src/data/pipeline.js';
 import { webDatasetEntries, writeTar } from '../src/data/tar.js';
+import { digitJpeg } from './helpers/images.js';
 import { runPython } from './helpers/python.js';
 
 const SYNSETS = ['n01440764', 'n01443537', 'n01484850'];
 const N = 24;
-
-/** A real image: MNIST test digit i, coloured, on a non-square canvas, as JPEG. */
-async function digitJpeg(i: number): Promise<Buffer> {
-  const m = loadMnist('test');
-  const rgb = Buffer.alloc(784 * 3);
-  for (let p = 0; p < 784; p++) {
-    const v = m.images[i * 784 + p]!;
-    rgb[3 * p] = v;
-    rgb[3 * p + 1] = 255 - v;
-    rgb[3 * p + 2] = (v * 7) & 255;
-  }
-  return sharp(rgb, { raw: { width: 28, height: 28, channels: 3 } }).resize(60 + (i % 5) * 4, 44 + (i % 3) * 6).jpeg({ quality: 92 }).toBuffer();
-}
 
 interface Fixture {
   dir: string;
@@ -43,7 +29,7 @@ async function makeFixture(): Promise<Fixture> {
   for (let i = 0; i < N; i++) {
     const label = i % 3;
     const synset = SYNSETS[label]!;
-    const jpeg = await digitJpeg(i);
+    const jpeg = await digitJpeg(i, 60 + (i % 5) * 4, 44 + (i % 3) * 6);
     mkdirSync(join(folder, synset), { recursive: true });
     const name = `img_${String(i).padStart(3, '0')}`;
     writeFileSync(join(folder, synset, `${name}.JPEG`), jpeg);

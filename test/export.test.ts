@@ -20,6 +20,7 @@ import { normalize } from '../src/data/normalize.js';
 import { maskBox } from '../src/eval/localization.js';
 import { buildMaskNetwork, ExportError, exportMasker, loadMaskNetwork, maxAbsDiff, type MaskerMeta } from '../src/export/exportMasker.js';
 import { maskCommand } from '../src/export/maskCommand.js';
+import { webDatasetEntries, writeTar } from '../src/data/tar.js';
 import { PROJECT_VERSION } from '../src/version.js';
 import { useTestBackend } from './helpers/backend.js';
 import { trainTinyRun } from './helpers/tinyRun.js';
@@ -277,8 +278,8 @@ test("casm mask: masks equal the exported network's, PNG/NPY/JSON lines written,
   assert.equal(tf.memory().numTensors, before, 'casm mask leaks no tensors');
   assert.deepEqual(result.skipped, [join(inputs, 'broken.png')]);
   assert.match(logs.join('\n'), /skipping .*broken\.png: cannot decode it/);
-  assert.match(logs.join('\n'), /mask: 7\/7 files, 6 masks, 1 skipped/);
-  assert.match(logs.join('\n'), /skipped 1 file\(s\) that could not be decoded:\n {2}.*broken\.png/);
+  assert.match(logs.join('\n'), /mask: 7\/7 images, 6 masks, 1 skipped/);
+  assert.match(logs.join('\n'), /skipped 1 image\(s\) that could not be decoded:\n {2}.*broken\.png/);
 
   const lines = readFileSync(join(out, 'masks.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   assert.equal(lines.length, 7);
@@ -318,8 +319,49 @@ test("casm mask: masks equal the exported network's, PNG/NPY/JSON lines written,
   // Nothing decodable at all: an error, not an empty success.
   await assert.rejects(
     maskCommand({ model: exportDir, inputs: [join(inputs, 'broken.png')], out: join(root, 'mask-none'), png: false, npy: false, boxes: false, batchSize: 4, log: () => {} }),
-    /none of the 1 file\(s\) could be decoded/,
+    /none of the 1 image\(s\) could be decoded/,
   );
+});
+
+test('casm mask --data: shards through the decode workers give the same masks; a corrupt image is skipped with its offset', async () => {
+  const shard = join(root, 'digits-0.tar');
+  const entries = imageFiles.flatMap((f, i) => webDatasetEntries(`d/digit${i}`, readFileSync(f), i, 'png'));
+  entries.splice(4, 0, ...webDatasetEntries('d/broken', Buffer.from('not an image'), 0, 'png'));
+  writeTar(shard, entries);
+  const out = join(root, 'mask-shards');
+  const logs: string[] = [];
+  const before = tf.memory().numTensors;
+  const result = await maskCommand({
+    model: exportDir,
+    inputs: [],
+    data: { spec: join(root, 'digits-{0..0}.tar'), shardIndex: 0, numShards: 1, workers: 2 },
+    out,
+    png: false,
+    npy: true,
+    boxes: true,
+    batchSize: 4,
+    log: (l) => logs.push(l),
+  });
+  assert.equal(tf.memory().numTensors, before, 'casm mask --data leaks no tensors');
+  assert.deepEqual(result.records.map((r) => r.name), ['d_digit0', 'd_digit1', 'd_digit2', 'd_digit3', 'd_digit4', 'd_digit5']);
+  assert.ok(result.records.every((r) => r.file.startsWith(`${shard}@`)));
+  assert.equal(result.skipped.length, 1);
+  assert.ok(result.skipped[0]!.startsWith(`${shard}@`) && /@\d+$/.test(result.skipped[0]!), result.skipped[0]);
+  assert.match(logs.join('\n'), /mask: 7\/7 images, 6 masks, 1 skipped/);
+  const { model } = await loadMaskNetwork(exportDir);
+  const expected = model.predict(pixels) as tf.Tensor4D;
+  const values = expected.dataSync() as Float32Array;
+  expected.dispose();
+  model.dispose();
+  let worst = 0;
+  for (const [i, r] of result.records.entries()) {
+    const npy = readFileSync(join(out, `${r.name}-mask.npy`));
+    const body = npy.subarray(10 + npy.readUInt16LE(8));
+    const mask = new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength));
+    const ref = values.subarray(i * SIZE * SIZE, (i + 1) * SIZE * SIZE);
+    for (let p = 0; p < mask.length; p++) worst = Math.max(worst, Math.abs(mask[p]! - ref[p]!));
+  }
+  assert.ok(worst < 1e-5, `max |diff| ${worst}`);
 });
 
 test('the CLI: casm export and casm mask run end to end; bad paths are usage errors, a broken model a clear failure', async () => {
@@ -339,12 +381,16 @@ test('the CLI: casm export and casm mask run end to end; bad paths are usage err
     assert.equal(await main(['node', 'casm', 'mask', '--model', out, imageDir, '--out', masks, '--png', '--boxes', ...engine]), 0, errors.join('\n'));
     assert.equal(readFileSync(join(masks, 'masks.jsonl'), 'utf8').trim().split('\n').length, imageFiles.length);
     assert.ok(existsSync(join(masks, 'digit0-overlay.png')) && !existsSync(join(masks, 'digit0-mask.npy')));
-    assert.match(logs.join('\n'), /mask: 6\/6 files, 6 masks, 0 skipped \(100%\) \| [\d.]+ masks\/s/);
+    assert.match(logs.join('\n'), /mask: 6\/6 images, 6 masks, 0 skipped \(100%\) \| [\d.]+ masks\/s/);
 
     assert.equal(await main(['node', 'casm', 'export', '--checkpoint', join(root, 'nowhere'), '--out', out, ...engine]), 2);
     assert.match(errors.at(-1)!, /--checkpoint .*nowhere: no such file or directory/);
     assert.equal(await main(['node', 'casm', 'mask', '--model', out, join(root, 'no-such.png'), '--out', masks, ...engine]), 2);
     assert.match(errors.at(-1)!, /no-such\.png: no such file or directory/);
+    assert.equal(await main(['node', 'casm', 'mask', '--model', out, '--out', masks, ...engine]), 2);
+    assert.match(errors.at(-1)!, /give image files and folders, or --data <spec>, not both/);
+    assert.equal(await main(['node', 'casm', 'mask', '--model', out, '--data', join(root, 'none-{0..2}.tar'), '--out', masks, ...engine]), 2);
+    assert.match(errors.at(-1)!, /--data: data spec .*none-\{0\.\.2\}\.tar.*: 3 of the 3 names .* match no file/);
     rmSync(join(out, 'group1-shard1of1.bin'));
     assert.equal(await main(['node', 'casm', 'mask', '--model', out, imageDir, '--out', masks, ...engine]), 1);
     assert.match(errors.at(-1)!, /casm: .*group1-shard1of1\.bin: weight shard listed in .*model\.json is missing/);

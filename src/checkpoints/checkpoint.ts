@@ -60,6 +60,8 @@ async function optimizerEntries(opt: tf.Optimizer): Promise<TensorEntry[]> {
   const weights = await opt.getWeights();
   // Names carry the index: the optimisers restore their slots by position.
   const entries = weights.map((w, i) => ({ name: `${i}/${w.name}`, shape: w.tensor.shape, data: Float32Array.from(w.tensor.dataSync()) }));
+  // Entry 0 is a fresh scalar of the iteration count (tfjs's saveIterations); the rest are the optimiser's own variables.
+  weights[0]?.tensor.dispose();
   for (const key of ADAM_POWERS) {
     const v = (opt as unknown as AdamPowers)[key];
     if (v) entries.push({ name: key, shape: v.shape, data: Float32Array.from(v.dataSync()) });

@@ -10,7 +10,7 @@
 import { Worker } from 'node:worker_threads';
 import type { Dataset, ReadContext } from './dataset.js';
 import { decodedSamples, epochShardOrder, streamShards, type DecodedSample, type Preprocess, type StreamPlan } from './pipeline.js';
-import { Problems, type PixelBox, type Problem } from './samples.js';
+import { Problems, type PixelBox, type Problem, type SampleSource } from './samples.js';
 
 export type ToWorker =
   | { type: 'start'; gen: number; plan: StreamPlan; credit: number }
@@ -50,6 +50,8 @@ export interface HostBatch {
   /** Per sample, its class boxes in the batch frame (empty without boxes). */
   boxes: PixelBox[][];
   keys: string[];
+  /** Where each sample came from (shard file, byte offset). */
+  sources: SampleSource[];
   /** Milliseconds the consumer waited for this batch's samples. */
   waitMs: number;
 }
@@ -227,21 +229,26 @@ export class DataLoader {
         labels: Int32Array.from(items, (s) => s.label),
         boxes: items.map((s) => s.boxes ?? []),
         keys: items.map((s) => s.key),
+        sources: items.map((s) => s.source),
         waitMs,
       };
       items = [];
       waitMs = 0;
       return b;
     };
-    for (;;) {
-      const t0 = performance.now();
-      const r = await it.next();
-      waitMs += performance.now() - t0;
-      if (r.done) break;
-      items.push(r.value);
-      if (items.length === batchSize) yield assemble();
+    try {
+      for (;;) {
+        const t0 = performance.now();
+        const r = await it.next();
+        waitMs += performance.now() - t0;
+        if (r.done) break;
+        items.push(r.value);
+        if (items.length === batchSize) yield assemble();
+      }
+      if (items.length > 0 && range.dropLast === false) yield assemble();
+    } finally {
+      await it.return(undefined); // a consumer that stops early closes the streams and their files
     }
-    if (items.length > 0 && range.dropLast === false) yield assemble();
   }
 
   async close(): Promise<void> {

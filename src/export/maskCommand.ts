@@ -1,9 +1,12 @@
 /**
- * `casm mask --model <dir> <images | folders> --out <dir> [--png] [--npy] [--boxes]`: batch
+ * `casm mask --model <dir> <images | folders> --out <dir> [--png] [--npy] [--boxes]`, or
+ * `--data <spec>` (shards of any layout, spec section 5, with --shard-index/--num-shards): batch
  * inference with an exported mask network (exportMasker.ts) on any backend. Images are decoded
- * like `casm explain`'s (images.ts: short side resized to the model's size, centre-cropped) and fed
- * as pixel values 0..255; the network normalises them itself. Writes
- *   <out>/masks.jsonl           one line per file: {file, name, size, area[, box]} or {file, skipped, reason}
+ * like `casm explain`'s (images.ts: short side resized to the model's size, centre-cropped; shards
+ * through the DataLoader's evaluation transform, the same geometry) and fed as pixel values 0..255;
+ * the network normalises them itself. Writes
+ *   <out>/masks.jsonl           one line per image: {file, name, size, area[, box]} or {file, skipped, reason}
+ *                               (from shards, file is `<shard>@<byte offset>`)
  *   <out>/<name>-mask.png       the mask in gray (--png)
  *   <out>/<name>-overlay.png    jet mask over the image, the box drawn in white with --boxes (--png)
  *   <out>/<name>-mask.npy       the mask, float32 H x W (--npy)
@@ -18,6 +21,8 @@ import { denormalize } from '../data/normalize.js';
 import { maskBox, type Box } from '../eval/localization.js';
 import { colorize, imagesToRgb, overlay, png } from '../explain/display.js';
 import { loadImages, uniqueStems } from '../explain/images.js';
+import { countShard, openDataset } from '../data/dataset.js';
+import { DataLoader } from '../data/loader.js';
 import { formatDuration } from '../log/progress.js';
 import { loadMaskNetwork } from './exportMasker.js';
 
@@ -29,6 +34,8 @@ export interface MaskOptions {
   model: string;
   /** Image files and folders (a folder contributes its files, sorted; hidden ones skipped). */
   inputs: string[];
+  /** Or a data spec (shards), read with `workers` decode threads; this job's share of its shards. */
+  data?: { spec: string; shardIndex: number; numShards: number; workers: number };
   out: string;
   png: boolean;
   npy: boolean;
@@ -98,32 +105,98 @@ function drawBox(rgb: Uint8Array, w: number, box: Box): void {
   }
 }
 
+/** One batch to mask: normalised images (rows = `indices` into `ids`) and what could not be read. */
+interface ImageBatch {
+  ids: { file: string; name: string }[];
+  x: tf.Tensor4D | null;
+  indices: number[];
+  skipped: { file: string; reason: string }[];
+}
+
+interface ImageSource {
+  describe: string;
+  total: number;
+  batches: AsyncGenerator<ImageBatch>;
+  close(): Promise<void>;
+}
+
+function fileSource(inputs: string[], h: number, w: number, batchSize: number): ImageSource {
+  const files = expandInputs(inputs);
+  const names = uniqueStems(files);
+  async function* batches(): AsyncGenerator<ImageBatch> {
+    for (let start = 0; start < files.length; start += batchSize) {
+      const ids = files.slice(start, start + batchSize).map((file, i) => ({ file, name: names[start + i]! }));
+      const skipped: ImageBatch['skipped'] = [];
+      const decoded = await loadImages(ids.map((d) => d.file), [h, w, 3], (file, reason) => skipped.push({ file, reason }));
+      yield { ids, x: decoded?.x ?? null, indices: decoded?.indices ?? [], skipped };
+    }
+  }
+  return { describe: `${files.length} file(s)`, total: files.length, batches: batches(), close: async () => {} };
+}
+
+async function shardSource(data: NonNullable<MaskOptions['data']>, size: number, batchSize: number): Promise<ImageSource> {
+  const ds = openDataset(data.spec, { shardIndex: data.shardIndex, numShards: data.numShards });
+  const counts = await Promise.all(ds.shards.map((s) => countShard(s, ds)));
+  const pending: ImageBatch['skipped'] = [];
+  const loader = new DataLoader(ds, {
+    workers: data.workers,
+    batchSize,
+    preprocess: 'eval',
+    size,
+    seed: 0,
+    shuffleBuffer: 0,
+    onProblem: (p) => pending.push({ file: `${p.file}@${p.offset}`, reason: `${p.kind}: ${p.message}` }),
+  });
+  const used = new Set<string>();
+  const nameOf = (key: string) => {
+    const base = key.replace(/[^\w.-]+/g, '_');
+    let name = base;
+    for (let k = 2; used.has(name); k++) name = `${base}-${k}`;
+    used.add(name);
+    return name;
+  };
+  async function* batches(): AsyncGenerator<ImageBatch> {
+    for await (const b of loader.batches(0, { dropLast: false })) {
+      const ids = b.keys.map((key, i) => ({ file: `${b.sources[i]!.file}@${b.sources[i]!.offset}`, name: nameOf(key) }));
+      yield { ids, x: tf.tensor4d(b.x, [b.n, size, size, 3]), indices: ids.map((_, i) => i), skipped: pending.splice(0) };
+    }
+    if (pending.length > 0) yield { ids: [], x: null, indices: [], skipped: pending.splice(0) };
+  }
+  return {
+    describe: `${data.spec} (${ds.layout}, ${ds.shards.length} of ${ds.totalShards} shards, ${data.workers} decode workers)`,
+    total: counts.reduce((a, c) => a + c.count, 0),
+    batches: batches(),
+    close: () => loader.close(),
+  };
+}
+
 export async function maskCommand(o: MaskOptions): Promise<MaskResult> {
-  const files = expandInputs(o.inputs);
   const { model, meta } = await loadMaskNetwork(o.model);
+  const h = meta.input.height;
+  const w = meta.input.width;
+  if (o.data && h !== w) throw new MaskUsageError(`${o.model}: --data needs a square model input, this one is ${w}x${h}`);
+  let source: ImageSource | null = null;
   try {
-    const h = meta.input.height;
-    const w = meta.input.width;
+    source = o.data ? await shardSource(o.data, h, o.batchSize) : fileSource(o.inputs, h, w, o.batchSize);
     o.log(
       `mask: ${o.model} (${meta.training.thinning}/${meta.training.score}, step ${meta.source.step}, ${w}x${h}, ` +
-        `casm-ts ${meta.projectVersion}${meta.quantization !== 'none' ? `, ${meta.quantization}` : ''}) on ${tf.getBackend()}: ${files.length} file(s)`,
+        `casm-ts ${meta.projectVersion}${meta.quantization !== 'none' ? `, ${meta.quantization}` : ''}) on ${tf.getBackend()}: ${source.describe}`,
     );
     mkdirSync(o.out, { recursive: true });
     const jsonl = join(o.out, 'masks.jsonl');
     writeFileSync(jsonl, '');
-    const names = uniqueStems(files);
     const result: MaskResult = { records: [], skipped: [], jsonl };
     const t0 = performance.now();
-    for (let start = 0; start < files.length; start += o.batchSize) {
-      const batchFiles = files.slice(start, start + o.batchSize);
+    let done = 0;
+    for await (const batch of source.batches) {
       const lines: string[] = [];
-      const decoded = await loadImages(batchFiles, [h, w, 3], (file, reason) => {
+      for (const { file, reason } of batch.skipped) {
         o.log(`skipping ${file}: cannot decode it (${reason})`);
         result.skipped.push(file);
         lines.push(JSON.stringify({ file, skipped: true, reason }));
-      });
-      if (decoded) {
-        const { x, indices } = decoded;
+      }
+      if (batch.x) {
+        const x = batch.x;
         let values: Float32Array;
         let pictures: Uint8Array[] = [];
         try {
@@ -141,9 +214,8 @@ export async function maskCommand(o: MaskOptions): Promise<MaskResult> {
         } finally {
           x.dispose();
         }
-        for (const [k, i] of indices.entries()) {
-          const file = files[start + i];
-          const name = names[start + i];
+        for (const [k, i] of batch.indices.entries()) {
+          const { file, name } = batch.ids[i]!;
           const mask = values.slice(k * h * w, (k + 1) * h * w);
           let sum = 0;
           for (const v of mask) sum += v;
@@ -152,7 +224,7 @@ export async function maskCommand(o: MaskOptions): Promise<MaskResult> {
           if (o.boxes) record.box = box;
           if (o.png) {
             writeFileSync(join(o.out, `${name}-mask.png`), await png(colorize(mask, 'gray'), w, h));
-            const over = overlay(pictures[k], colorize(mask, 'jet'));
+            const over = overlay(pictures[k]!, colorize(mask, 'jet'));
             if (o.boxes && box) drawBox(over, w, box);
             writeFileSync(join(o.out, `${name}-overlay.png`), await png(over, w, h));
           }
@@ -161,24 +233,25 @@ export async function maskCommand(o: MaskOptions): Promise<MaskResult> {
           lines.push(JSON.stringify(record));
         }
       }
-      // One line per file, in input order (skipped ones were pushed first; sort them into place).
-      const order = new Map(batchFiles.map((f, i) => [f, i]));
-      lines.sort((a, b) => order.get((JSON.parse(a) as { file: string }).file)! - order.get((JSON.parse(b) as { file: string }).file)!);
+      // One line per image, in input order (skipped ones were pushed first; sort them into place).
+      const order = new Map(batch.ids.map((d, i) => [d.file, i]));
+      lines.sort((a, b) => (order.get((JSON.parse(a) as { file: string }).file) ?? -1) - (order.get((JSON.parse(b) as { file: string }).file) ?? -1));
       if (lines.length) appendFileSync(jsonl, lines.join('\n') + '\n');
-      const done = start + batchFiles.length;
+      done += batch.ids.length + (o.data ? batch.skipped.length : 0);
       const secs = (performance.now() - t0) / 1000;
       const rate = result.records.length / Math.max(secs, 1e-9);
-      const eta = ((files.length - done) * secs) / done;
+      const eta = (Math.max(0, source.total - done) * secs) / Math.max(done, 1);
       o.log(
-        `mask: ${done}/${files.length} files, ${result.records.length} masks, ${result.skipped.length} skipped ` +
-          `(${Math.round((100 * done) / files.length)}%) | ${rate.toFixed(1)} masks/s | ETA ${formatDuration(eta)}`,
+        `mask: ${done}/${source.total} images, ${result.records.length} masks, ${result.skipped.length} skipped ` +
+          `(${Math.round((100 * done) / Math.max(source.total, 1))}%) | ${rate.toFixed(1)} masks/s | ETA ${formatDuration(eta)}`,
       );
     }
-    if (result.records.length === 0) throw new Error(`none of the ${files.length} file(s) could be decoded`);
-    if (result.skipped.length) o.log(`skipped ${result.skipped.length} file(s) that could not be decoded:\n${result.skipped.map((f) => `  ${f}`).join('\n')}`);
+    if (result.records.length === 0) throw new Error(`none of the ${done} image(s) could be decoded`);
+    if (result.skipped.length) o.log(`skipped ${result.skipped.length} image(s) that could not be decoded:\n${result.skipped.map((f) => `  ${f}`).join('\n')}`);
     o.log(`mask: ${result.records.length} mask(s) -> ${o.out} (masks.jsonl${o.png ? ', PNGs' : ''}${o.npy ? ', .npy' : ''})`);
     return result;
   } finally {
+    await source?.close();
     model.dispose();
   }
 }
