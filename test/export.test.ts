@@ -266,6 +266,16 @@ test('bad input: an incompatible checkpoint version, missing or truncated shards
   await assert.rejects(loadMaskNetwork(join(root, 'nowhere')), /no such model directory/);
 });
 
+/** The exported network's masks of the test pixels, read through plain tfjs. */
+async function exportedMasks(): Promise<Float32Array> {
+  const { model } = await loadMaskNetwork(exportDir);
+  const expected = model.predict(pixels) as tf.Tensor4D;
+  const values = expected.dataSync() as Float32Array;
+  expected.dispose();
+  model.dispose();
+  return values;
+}
+
 test("casm mask: masks equal the exported network's, PNG/NPY/JSON lines written, undecodable files skipped and listed", async () => {
   const inputs = join(root, 'mask-in');
   mkdirSync(inputs);
@@ -289,11 +299,7 @@ test("casm mask: masks equal the exported network's, PNG/NPY/JSON lines written,
   assert.deepEqual(records.map((r) => r.name), ['digit0', 'digit1', 'digit2', 'digit3', 'digit4', 'digit5']);
 
   // Masks written as .npy equal the exported network's masks on the same pixels.
-  const { model } = await loadMaskNetwork(exportDir);
-  const expected = model.predict(pixels) as tf.Tensor4D;
-  const values = expected.dataSync() as Float32Array;
-  expected.dispose();
-  model.dispose();
+  const values = await exportedMasks();
   let worst = 0;
   for (const [i, r] of records.entries()) {
     const npy = readFileSync(join(out, `${r.name}-mask.npy`));
@@ -348,11 +354,7 @@ test('casm mask --data: shards through the decode workers give the same masks; a
   assert.equal(result.skipped.length, 1);
   assert.ok(result.skipped[0]!.startsWith(`${shard}@`) && /@\d+$/.test(result.skipped[0]!), result.skipped[0]);
   assert.match(logs.join('\n'), /mask: 7\/7 images, 6 masks, 1 skipped/);
-  const { model } = await loadMaskNetwork(exportDir);
-  const expected = model.predict(pixels) as tf.Tensor4D;
-  const values = expected.dataSync() as Float32Array;
-  expected.dispose();
-  model.dispose();
+  const values = await exportedMasks();
   let worst = 0;
   for (const [i, r] of result.records.entries()) {
     const npy = readFileSync(join(out, `${r.name}-mask.npy`));
