@@ -11,7 +11,7 @@ import { classBoxes, loadLocCsv, loadXmlBoxes, type Annotation } from './boxes.j
 import { listImageFolder, readImageFolder, readSynsetList, type ImageFolderEntry } from './imageFolder.js';
 import { Problems, sampleStream, type Sample, type SampleStream } from './samples.js';
 import { resolveDataSpec, type Layout } from './spec.js';
-import { readTarMembers, readWebDataset, splitKey, IMAGE_EXTS } from './tar.js';
+import { labelOf, readTarMembers, readWebDataset, splitKey, IMAGE_EXTS } from './tar.js';
 import { readTfRecord, readTfRecords } from './tfrecord.js';
 
 /** One unit of reading: a shard file, or a slice of an ImageFolder listing. */
@@ -210,29 +210,21 @@ export async function countShard(shard: Shard, ctx: ReadContext): Promise<{ coun
     const classes = ctx.synsets?.length ?? 1000;
     return { count: Math.round((n * keep.size) / classes), exact: false };
   }
-  // A sample counts when its key has an image and (with a class subset) a kept .cls label.
+  // A sample counts when its key has an image and (with a class subset) a kept label.
   const small = (name: string) => !IMAGE_EXTS.includes(splitKey(name).ext);
-  const seen = new Map<string, { image: boolean; label: number | null }>();
+  const seen = new Map<string, { image: boolean; parts: Map<string, Uint8Array> }>();
   for await (const m of readTarMembers(shard.file, { problems: quiet, readData: small })) {
     const { key, ext } = splitKey(m.name);
-    const e = seen.get(key) ?? { image: false, label: null };
+    const e = seen.get(key) ?? { image: false, parts: new Map<string, Uint8Array>() };
     if (IMAGE_EXTS.includes(ext)) e.image = true;
-    else if (ext === 'cls') e.label = Number(new TextDecoder().decode(m.data).trim());
-    else if (ext === 'json') e.label = jsonLabel(m.data);
+    else e.parts.set(ext, m.data);
     seen.set(key, e);
   }
   let count = 0;
-  for (const e of seen.values()) if (e.image && (keep === null || (e.label !== null && keep.has(e.label)))) count++;
-  return { count, exact: true };
-}
-
-function jsonLabel(data: Uint8Array): number | null {
-  try {
-    const v = JSON.parse(new TextDecoder().decode(data)) as unknown;
-    const o = typeof v === 'number' ? { label: v } : (v as Record<string, unknown>);
-    const l = o.label ?? o.cls;
-    return typeof l === 'number' ? l : null;
-  } catch {
-    return null;
+  for (const e of seen.values()) {
+    if (!e.image) continue;
+    const label = labelOf(e.parts).label;
+    if (keep === null || (label !== undefined && keep.has(label))) count++;
   }
+  return { count, exact: true };
 }

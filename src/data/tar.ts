@@ -244,7 +244,7 @@ export type WebDatasetOptions = TarReadOptions;
  * A member group's label: `.cls` ASCII decimal and/or `.json` (a number, or {label|cls, synset?,
  * boxes?}); with both, `.cls` gives the label and `.json` the synset and boxes.
  */
-function labelOf(
+export function labelOf(
   parts: Map<string, Uint8Array>,
 ): { label?: number; synset?: string; boxes?: PixelBox[]; error?: string } {
   const out: { label?: number; synset?: string; boxes?: PixelBox[]; error?: string } = {};
