@@ -6,15 +6,16 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { existsSync, realpathSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { defaultTrainConfig, DEFAULT_OPTIM, type ClassifierStep, type TrainConfig } from './casm/config.js';
 import { THINNINGS, type Thinning } from './casm/pool.js';
 import { defaultLambda, SCORES, type Score } from './casm/score.js';
 import { runTraining } from './casm/train.js';
-import type { DataPlan } from './casm/trainData.js';
+import { BUILTIN_DATA, type DataPlan } from './casm/trainData.js';
 import { readSynsetList } from './data/imageFolder.js';
 import { formatInspect, inspectData, makeShards } from './data/dataCommand.js';
+import { parseClassRanges } from './data/dataset.js';
 import { resolveDataSpec } from './data/spec.js';
 import { writeFileAtomic } from './util/atomicWrite.js';
 import { resolveCheckpoint } from './checkpoints/checkpoint.js';
@@ -24,10 +25,16 @@ import { explainCommand, ExplainUsageError, METHODS, parseMethods, type ExplainO
 import { SMOOTHGRAD_DEFAULTS } from './explain/smoothGrad.js';
 import { exportMasker, QUANTIZATIONS, type Quantization } from './export/exportMasker.js';
 import { maskCommand, MaskUsageError } from './export/maskCommand.js';
+import type { EvalDataOptions } from './eval/evalData.js';
+import { DIGITS_EVAL_COUNT } from './eval/evalData.js';
+import { BINARIZATIONS, type Binarization } from './eval/localization.js';
+import { evalClassifiers } from './eval/classifiersCommand.js';
+import { DEFAULT_RADIUS } from './eval/inpaint.js';
+import { evalLocalization } from './eval/localizationCommand.js';
+import { runUnseen, TRAININGS } from './eval/unseen.js';
+import { DEFAULT_METHODS, EVAL_METHODS, EvalUsageError, parseEvalMethods, type EvalMethod } from './eval/methods.js';
 import type { Upsample } from './models/masker.js';
 import { PROJECT_VERSION } from './version.js';
-
-export const BUILTIN_DATA = 'cluttered-mnist';
 
 /** The built-in digits demo: a small ResNet on 64px canvases, sized to train in minutes on 2 cores. */
 export const DIGITS_PRESET = {
@@ -166,7 +173,9 @@ export function trainConfigFrom(o: TrainOptions, classes: number): TrainConfig {
 /** Where the run's data comes from, and the classifier's number of classes. */
 function dataPlanFrom(o: TrainOptions): { plan: DataPlan; classes: number } {
   if (o.data === BUILTIN_DATA) {
-    return { plan: { kind: 'digits', trainCount: o.trainCount, valCount: o.valCount }, classes: DIGITS_PRESET.classes };
+    const plan: DataPlan = { kind: 'digits', trainCount: o.trainCount, valCount: o.valCount };
+    if (o.classes) plan.classes = parseClassRanges(o.classes, '--classes');
+    return { plan, classes: DIGITS_PRESET.classes };
   }
   const synsetCount = o.synsets ? readSynsetList(o.synsets).length : null;
   const shardOptions = { shardIndex: o.shardIndex, numShards: o.numShards };
@@ -185,15 +194,9 @@ function dataPlanFrom(o: TrainOptions): { plan: DataPlan; classes: number } {
   return { plan, classes: o.numClasses ?? synsetCount ?? IMAGENET_PRESET.classes };
 }
 
-export function buildProgram(): Command {
-  const program = new Command('casm')
-    .description('Classifier-agnostic saliency masks (CASM) on TensorFlow.js')
-    .version(PROJECT_VERSION)
-    .exitOverride()
-    .showHelpAfterError();
-  program
-    .command('train')
-    .description('train a classifier and a masker in alternation (spec section 2)')
+/** The options of a training run (`casm train`; `casm experiment unseen` trains with them too). */
+function withTrainOptions(cmd: Command): Command {
+  return cmd
     .option(
       '--data <spec>',
       `training data: the built-in '${BUILTIN_DATA}', or shards (spec section 5): WebDataset tars ('dir/train-{000000..000146}.tar', globs), ` +
@@ -245,23 +248,43 @@ export function buildProgram(): Command {
     .option('--resume <dir>', 'continue a run (its directory or one checkpoint)')
     .option('--classifier-weights <file>', 'start from a pretrained classifier (torchvision safetensors or tfjs model)')
     .option('--seed <n>', 'seed of every random choice', int(0), 0)
-    .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'))
+    .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'));
+}
+
+/** Paths given on the command line must exist: a usage error naming the flag otherwise. */
+function requirePaths(paths: Record<string, string | undefined>): void {
+  for (const [flag, path] of Object.entries(paths)) {
+    if (path !== undefined && !existsSync(path)) throw new UsageError(`${flag} ${path}: no such file or directory`);
+  }
+}
+
+/** Checks of training options that need no engine: paths exist, data specs match files. */
+function checkTrainOptions(o: TrainOptions): void {
+  if (o.inputSize !== undefined && o.inputSize % 32 !== 0) throw new UsageError(`--input-size ${o.inputSize}: must be a multiple of 32`);
+  if (o.shardIndex >= o.numShards) throw new UsageError(`--shard-index ${o.shardIndex}: must be below --num-shards ${o.numShards}`);
+  requirePaths({ '--resume': o.resume, '--classifier-weights': o.classifierWeights, '--synsets': o.synsets, '--boxes': o.boxes });
+  // A spec that matches nothing is an error before anything starts.
+  for (const [flag, spec] of [['--data', o.data], ['--val', o.val]] as const) {
+    if (spec === undefined || spec === BUILTIN_DATA) continue;
+    try {
+      resolveDataSpec(spec);
+    } catch (e) {
+      throw new UsageError(`${flag}: ${(e as Error).message}`);
+    }
+  }
+}
+
+/** The CLI; `argv` (after `casm`) is what reports record as their command. */
+export function buildProgram(argv: string[] = []): Command {
+  const program = new Command('casm')
+    .description('Classifier-agnostic saliency masks (CASM) on TensorFlow.js')
+    .version(PROJECT_VERSION)
+    .exitOverride()
+    .showHelpAfterError();
+  withTrainOptions(program.command('train'))
+    .description('train a classifier and a masker in alternation (spec section 2)')
     .action(async (o: TrainOptions) => {
-      if (o.inputSize !== undefined && o.inputSize % 32 !== 0) throw new UsageError(`--input-size ${o.inputSize}: must be a multiple of 32`);
-      if (o.shardIndex >= o.numShards) throw new UsageError(`--shard-index ${o.shardIndex}: must be below --num-shards ${o.numShards}`);
-      const paths = [['--resume', o.resume], ['--classifier-weights', o.classifierWeights], ['--synsets', o.synsets], ['--boxes', o.boxes]] as const;
-      for (const [flag, path] of paths) {
-        if (path !== undefined && !existsSync(path)) throw new UsageError(`${flag} ${path}: no such file or directory`);
-      }
-      // A spec that matches nothing is an error before anything starts.
-      for (const [flag, spec] of [['--data', o.data], ['--val', o.val]] as const) {
-        if (spec === undefined || spec === BUILTIN_DATA) continue;
-        try {
-          resolveDataSpec(spec);
-        } catch (e) {
-          throw new UsageError(`${flag}: ${(e as Error).message}`);
-        }
-      }
+      checkTrainOptions(o);
       const log = (line: string) => console.log(line);
       await initEngine(o.backend, log);
       const { plan, classes } = dataPlanFrom(o);
@@ -334,7 +357,7 @@ export function buildProgram(): Command {
       new Option('--method <list>', `comma-separated methods: ${[...METHODS, 'all'].join(', ')}`)
         .argParser((v: string) => {
           try {
-            return parseMethods(v);
+            return parseMethods<Method>(v);
           } catch (e) {
             throw new InvalidArgumentError((e as Error).message);
           }
@@ -351,7 +374,7 @@ export function buildProgram(): Command {
     .option('--seed <n>', 'seed of the SmoothGrad noise', int(0), 0)
     .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'))
     .action(async (images: string[], o: Omit<ExplainOptions, 'images' | 'methods' | 'log'> & { method: Method[]; backend: BackendChoice }) => {
-      if (!existsSync(o.checkpoint)) throw new UsageError(`--checkpoint ${o.checkpoint}: no such file or directory`);
+      requirePaths({ '--checkpoint': o.checkpoint });
       const log = (line: string) => console.log(line);
       await initEngine(o.backend, log);
       try {
@@ -368,7 +391,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--quantize <kind>', 'weight storage').choices(QUANTIZATIONS).default('none'))
     .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'))
     .action(async (o: { checkpoint: string; out: string; quantize: Quantization; backend: BackendChoice }) => {
-      if (!existsSync(o.checkpoint)) throw new UsageError(`--checkpoint ${o.checkpoint}: no such file or directory`);
+      requirePaths({ '--checkpoint': o.checkpoint });
       const log = (line: string) => console.log(line);
       await initEngine(o.backend, log);
       await exportMasker({ checkpoint: o.checkpoint, out: o.out, quantization: o.quantize, log });
@@ -389,7 +412,7 @@ export function buildProgram(): Command {
     .option('--batch-size <n>', 'images per pass', int(1), 16)
     .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'))
     .action(async (images: string[], o: MaskCliOptions) => {
-      if (!existsSync(o.model)) throw new UsageError(`--model ${o.model}: no such file or directory`);
+      requirePaths({ '--model': o.model });
       if ((images.length > 0) === (o.data !== undefined)) throw new UsageError('give image files and folders, or --data <spec>, not both');
       if (o.shardIndex >= o.numShards) throw new UsageError(`--shard-index ${o.shardIndex}: must be below --num-shards ${o.numShards}`);
       if (o.data !== undefined) {
@@ -408,7 +431,210 @@ export function buildProgram(): Command {
         throw e instanceof MaskUsageError ? new UsageError(e.message) : e;
       }
     });
+  const evaluate = program.command('eval').description('evaluate masks: localisation (spec section 4)');
+  withEvalDataOptions(evaluate.command('localization'))
+    .description('LE, OM, F1, F1a and mask statistics of CASM and the baselines on validation images with boxes; report.json, report.md, le.png, examples.png')
+    .option('--checkpoint <dir>', "a training run or checkpoint: its classifier (gradient methods, OM) and masker ('casm')")
+    .option('--model <dir>', "an exported mask network ('casm export'): used for 'casm'")
+    .addOption(
+      new Option('--methods <list>', `comma-separated: ${[...EVAL_METHODS, 'all'].join(', ')}`)
+        .argParser((v: string) => {
+          try {
+            return parseEvalMethods(v);
+          } catch (e) {
+            throw new InvalidArgumentError((e as Error).message);
+          }
+        })
+        .default(DEFAULT_METHODS, DEFAULT_METHODS.join(',')),
+    )
+    .addOption(new Option('--binarize <rule>', "mask -> binary: 'mean' (m >= alpha * mean(m)) or the reference code's 'top-k'").choices(BINARIZATIONS).default('mean'))
+    .option('--alpha <a>', 'threshold factor of the mean rule', num(0), 1)
+    .option('--layer <name>', 'Grad-CAM layer (default: the last spatial layer, stage 4)')
+    .option('--samples <n>', 'SmoothGrad noise samples', int(1), SMOOTHGRAD_DEFAULTS.samples)
+    .option('--spread <s>', 'SmoothGrad noise level: sigma = spread * (max(x) - min(x))', num(0), SMOOTHGRAD_DEFAULTS.spread)
+    .option('--magnitude', 'SmoothGrad: average squared gradients', false)
+    .option('--examples <n>', 'rows of examples.png', int(0), 8)
+    .requiredOption('--out <dir>', 'directory for report.json, report.md and the figures')
+    .action(async (o: EvalCliOptions & { checkpoint?: string; model?: string; methods: EvalMethod[]; binarize: Binarization; alpha: number; layer?: string; samples: number; spread: number; magnitude: boolean; examples: number; out: string }) => {
+      requirePaths({ '--checkpoint': o.checkpoint, '--model': o.model });
+      const log = (line: string) => console.log(line);
+      await initEngine(o.backend, log);
+      await usage(() =>
+        evalLocalization({
+          ...(o.checkpoint ? { checkpoint: o.checkpoint } : {}),
+          ...(o.model ? { model: o.model } : {}),
+          data: evalDataOptions(o),
+          methods: o.methods,
+          binarization: o.binarize,
+          alpha: o.alpha,
+          explainer: { ...(o.layer ? { layer: o.layer } : {}), samples: o.samples, spread: o.spread, magnitude: o.magnitude, seed: o.seed },
+          examples: o.examples,
+          out: o.out,
+          argv,
+          log,
+        }),
+      );
+    });
+  withEvalDataOptions(evaluate.command('classifiers'))
+    .description("top-1/top-5 of classifiers on clean, masked-in, masked-out and inpainted (Telea) images, masks by a run's masker; report.json, report.md, top1.png, examples.png")
+    .requiredOption('--checkpoint <dir>', 'the CASM run whose masker makes the masks (its own classifier is scored first)')
+    .option('--model <dir>', "an exported mask network ('casm export') to use instead of the checkpoint's masker")
+    .option('--classifiers <paths...>', 'other classifiers: CASM runs or checkpoints, or tfjs LayersModel directories (logits last, normalised NHWC input)', [])
+    .addOption(new Option('--binarize <rule>', 'which pixels are inpainted: the box rule\'s binary mask').choices(BINARIZATIONS).default('mean'))
+    .option('--alpha <a>', 'threshold factor of the mean rule', num(0), 1)
+    .option('--radius <px>', "Telea inpainting radius (the reference code's 3)", num(1, 100), DEFAULT_RADIUS)
+    .option('--examples <n>', 'rows of examples.png', int(0), 8)
+    .requiredOption('--out <dir>', 'directory for report.json, report.md and the figures')
+    .action(async (o: EvalCliOptions & { checkpoint: string; model?: string; classifiers: string[]; binarize: Binarization; alpha: number; radius: number; examples: number; out: string }) => {
+      requirePaths({ '--checkpoint': o.checkpoint, '--model': o.model });
+      const log = (line: string) => console.log(line);
+      await initEngine(o.backend, log);
+      await usage(() =>
+        evalClassifiers({
+          checkpoint: o.checkpoint,
+          ...(o.model ? { model: o.model } : {}),
+          classifiers: o.classifiers,
+          data: evalDataOptions(o),
+          binarization: o.binarize,
+          alpha: o.alpha,
+          radius: o.radius,
+          examples: o.examples,
+          out: o.out,
+          argv,
+          log,
+        }),
+      );
+    });
+  const experiment = program.command('experiment').description('experiments of the paper (spec section 4)');
+  withTrainOptions(experiment.command('unseen'))
+    .description(
+      'train CASM (thinning L) on class subsets B-F, C-F, D-F, E-F, F of disjoint sets A 5%, B 5%, C 10%, D 30%, E 30%, F 20%, ' +
+        'and report LE on seen vs unseen classes (experiment.json, report.md, unseen.png); resumable: rerun the same command',
+    )
+    .option('--trainings <list>', `which trainings of the protocol (default ${TRAININGS.join(',')})`, (v: string) => v.split(','), TRAININGS)
+    .option('--seen <classes>', "instead of the protocol: one training on these classes (e.g. '0-4' for the digits), the rest unseen")
+    .option('--eval-limit <n>', `validation images per evaluation (${BUILTIN_DATA}: default ${DIGITS_EVAL_COUNT}; shards: all)`, int(1))
+    .option('--eval-batch-size <n>', 'images per evaluation pass', int(1), 16)
+    .action(async (o: TrainOptions & { trainings: string[]; seen?: string; evalLimit?: number; evalBatchSize: number }, cmd: Command) => {
+      if (o.out === undefined) throw new UsageError('experiment unseen: give --out <dir> (the experiment directory)');
+      if (o.resume !== undefined || o.classes !== undefined) throw new UsageError('experiment unseen: the experiment chooses the classes and resumes itself (no --classes, --resume)');
+      if (o.data !== BUILTIN_DATA && o.val === undefined) throw new UsageError('experiment unseen: give --val <spec> and --boxes <path>: the validation images the maskers are scored on');
+      checkTrainOptions(o);
+      for (const t of o.trainings) {
+        if (!TRAININGS.includes(t)) throw new UsageError(`--trainings: unknown training '${t}': valid are ${TRAININGS.join(', ')}`);
+      }
+      // The protocol trains with thinning L unless told otherwise.
+      const thinning = cmd.getOptionValueSource('thinning') === 'default' ? 'L' : o.thinning;
+      const log = (line: string) => console.log(line);
+      await initEngine(o.backend, log);
+      const { plan, classes: numClasses } = dataPlanFrom(o);
+      const exp = o.out;
+      await runUnseen({
+        out: exp,
+        numClasses,
+        seed: o.seed,
+        trainings: o.trainings,
+        ...(o.seen !== undefined ? { seen: parseClassRanges(o.seen, '--seen') } : {}),
+        argv,
+        log,
+        async train(_name, classes, runDir) {
+          const data: DataPlan =
+            plan.kind === 'digits' ? { ...plan, classes } : { ...plan, trainOptions: { ...plan.trainOptions, classes: classes.join(',') } };
+          const { trainer } = await runTraining({
+            config: trainConfigFrom({ ...o, thinning }, numClasses),
+            outDir: runDir,
+            data,
+            checkpointEvery: o.checkpointEvery,
+            logEvery: o.logEvery,
+            imageEvery: o.imageEvery,
+            maxSteps: o.maxSteps,
+            ...(existsSync(join(runDir, 'latest')) ? { resume: runDir } : {}),
+            classifierWeights: o.classifierWeights,
+            log,
+          });
+          trainer.dispose();
+        },
+        evaluate: (runDir, out) =>
+          evalLocalization({
+            checkpoint: runDir,
+            data: {
+              spec: o.val ?? BUILTIN_DATA,
+              ...(o.boxes ? { boxes: o.boxes } : {}),
+              ...(o.synsets ? { synsets: o.synsets } : {}),
+              preprocess: 'eval',
+              ...(o.evalLimit !== undefined ? { limit: o.evalLimit } : {}),
+              batchSize: o.evalBatchSize,
+              workers: o.workers,
+              seed: o.seed,
+            },
+            methods: ['casm'],
+            binarization: 'mean',
+            alpha: 1,
+            explainer: { samples: 1, spread: 0, magnitude: false, seed: o.seed },
+            examples: 8,
+            out,
+            argv,
+            log,
+          }),
+      });
+    });
   return program;
+}
+
+interface EvalCliOptions {
+  data: string;
+  boxes?: string;
+  synsets?: string;
+  stretch: boolean;
+  limit?: number;
+  batchSize: number;
+  workers: number;
+  seed: number;
+  backend: BackendChoice;
+}
+
+/** Where evaluation images come from: the options every evaluation command shares. */
+function withEvalDataOptions(cmd: Command): Command {
+  return cmd
+    .option('--data <spec>', `validation images: the built-in '${BUILTIN_DATA}' (held-out digits) or shards / an ImageFolder (spec section 5)`, BUILTIN_DATA)
+    .option('--boxes <path>', 'ground-truth boxes: a folder of VOC XML files or LOC_val_solution.csv')
+    .option('--synsets <file>', 'synset list (class indices; picks each image\'s boxes)')
+    .option('--stretch', 'resize to size x size instead of short side + centre crop', false)
+    .option('--limit <n>', `at most n images (${BUILTIN_DATA}: how many, default ${DIGITS_EVAL_COUNT})`, int(1))
+    .option('--batch-size <n>', 'images per pass', int(1), 16)
+    .option('--workers <n>', 'decode worker threads (shards)', int(0), Math.max(1, Math.min(4, availableParallelism())))
+    .option('--seed <n>', "the training run's seed (its held-out digits) and the SmoothGrad noise seed", int(0), 0)
+    .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'));
+}
+
+function evalDataOptions(o: EvalCliOptions): Omit<EvalDataOptions, 'size' | 'onProblem'> {
+  if (o.data !== BUILTIN_DATA) {
+    try {
+      resolveDataSpec(o.data);
+    } catch (e) {
+      throw new UsageError(`--data: ${(e as Error).message}`);
+    }
+  }
+  requirePaths({ '--boxes': o.boxes, '--synsets': o.synsets });
+  return {
+    spec: o.data,
+    ...(o.boxes ? { boxes: o.boxes } : {}),
+    ...(o.synsets ? { synsets: o.synsets } : {}),
+    preprocess: o.stretch ? 'eval-stretch' : 'eval',
+    ...(o.limit !== undefined ? { limit: o.limit } : {}),
+    batchSize: o.batchSize,
+    workers: o.workers,
+    seed: o.seed,
+  };
+}
+
+/** Runs an evaluation; its usage errors (a method the models cannot run) exit with code 2. */
+async function usage<T>(run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (e) {
+    throw e instanceof EvalUsageError ? new UsageError(e.message) : e;
+  }
 }
 
 interface MaskCliOptions {
@@ -429,7 +655,7 @@ interface MaskCliOptions {
 export class UsageError extends Error {}
 
 export async function main(argv: string[]): Promise<number> {
-  const program = buildProgram();
+  const program = buildProgram(argv.slice(2));
   try {
     await program.parseAsync(argv);
     return 0;

@@ -1,7 +1,20 @@
 /** Box extraction, IoU and localisation error on hand-made masks with known answers. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { binarize, centreBox, iou, isHit, largestComponentBox, localizationError, maskBox, type Box } from '../src/eval/localization.js';
+import {
+  binarize,
+  binarizeTopK,
+  centreBox,
+  f1Scores,
+  iou,
+  isHit,
+  largestComponentBox,
+  LocalizationTally,
+  localizationError,
+  maskBox,
+  maskStats,
+  type Box,
+} from '../src/eval/localization.js';
 
 /** Builds an h x w binary image from rows of '#' and '.'. */
 function grid(rows: string[]): { b: Uint8Array; h: number; w: number } {
@@ -72,4 +85,76 @@ test('localisation error counts misses over images', () => {
   // Hits: image 0 (IoU 1), image 1 (IoU 0.81); misses: image 2, image 3 (no box).
   assert.equal(localizationError(pred, truth), 0.5);
   assert.throws(() => localizationError([], []), /empty/);
+});
+
+test('top-k binarisation keeps round(mean * N) pixels, earlier first among equals', () => {
+  const m = new Float32Array([0.9, 0.1, 0.5, 0.5]); // sum 2 -> k = 2
+  assert.deepEqual(Array.from(binarizeTopK(m)), [1, 0, 1, 0]);
+  assert.deepEqual(Array.from(binarize(m)), [1, 0, 1, 1]); // mean 0.5: both 0.5s stay
+  assert.deepEqual(maskBox(m, 2, 2, 1, 'top-k'), [0, 0, 1, 2]); // pixels 0 and 2: the left column
+  assert.deepEqual(Array.from(binarizeTopK(new Float32Array(4))), [0, 0, 0, 0]);
+});
+
+/** 4x4 mask: ones on the top-left 2x2 block and on (2,3), (3,3) (x, y). */
+function f1Mask(): Float32Array {
+  const m = new Float32Array(16);
+  for (const [x, y] of [[0, 0], [1, 0], [0, 1], [1, 1], [2, 3], [3, 3]]) m[y * 4 + x] = 1;
+  return m;
+}
+
+test('continuous F1: max over boxes (F1) and mean (F1a), hand-derived', () => {
+  // Box A = the top-left 2x2: P = 4/6, R = 1, F1 = 0.8. Box B = the bottom-right 2x2: inside 2,
+  // P = 2/6, R = 2/4, F1 = 0.4.
+  const f = f1Scores(f1Mask(), 4, 4, [[0, 0, 2, 2], [2, 2, 4, 4]]);
+  assert.ok(Math.abs(f.max - 0.8) < 1e-12, `F1 ${f.max}`);
+  assert.ok(Math.abs(f.mean - 0.6) < 1e-12, `F1a ${f.mean}`);
+  // A box reaching outside the image is clipped first: [-2,-2,2,2] is box A.
+  assert.ok(Math.abs(f1Scores(f1Mask(), 4, 4, [[-2, -2, 2, 2]]).max - 0.8) < 1e-12);
+  // Half-on mask over the whole 4x4, box = whole image: P = 1, R = 0.5, F1 = 2/3.
+  assert.ok(Math.abs(f1Scores(new Float32Array(16).fill(0.5), 4, 4, [[0, 0, 4, 4]]).max - 2 / 3) < 1e-12);
+  // An empty mask scores 0, not NaN.
+  assert.equal(f1Scores(new Float32Array(16), 4, 4, [[0, 0, 2, 2]]).max, 0);
+  assert.throws(() => f1Scores(f1Mask(), 4, 4, []), /without ground-truth boxes/);
+});
+
+test('mask statistics: area, binary entropy in bits, total variation per pixel', () => {
+  const s = maskStats(new Float32Array([0, 1, 0.5, 0.5]), 2, 2);
+  assert.equal(s.area, 0.5);
+  assert.equal(s.entropy, 0.5); // 0, 0, 1, 1 bits
+  assert.equal(s.tv, 0.5); // horizontal 1 + 0, vertical 0.5 + 0.5, over 4 pixels
+});
+
+test('LocalizationTally: LE, OM, F1 and area spread on synthetic masks', () => {
+  const t = new LocalizationTally();
+  const truth: Box[] = [[0, 0, 2, 2]];
+  // Image 1: the mask is box A plus a far blob -> largest component = the 2x2 block: hit, classifier right.
+  assert.deepEqual(t.add(f1Mask(), 4, 4, truth, true), { box: [0, 0, 2, 2], hit: true });
+  // Image 2: the same hit but the classifier was wrong -> counts for LE, not for OM.
+  t.add(f1Mask(), 4, 4, truth, false);
+  // Image 3: an all-zero mask: every pixel is >= its mean (0), the box is the whole image: a miss.
+  assert.deepEqual(t.add(new Float32Array(16), 4, 4, truth, true), { box: [0, 0, 4, 4], hit: false });
+  // Image 4: the whole image (a constant mask): IoU 4/16 -> a miss.
+  t.add(new Float32Array(16).fill(1), 4, 4, truth, true);
+  const r = t.result();
+  assert.equal(r.images, 4);
+  assert.equal(r.le, 1 - 2 / 4);
+  assert.equal(r.om, 1 - 1 / 4);
+  assert.equal(r.noBox, 0);
+  // F1: 0.8, 0.8, 0, and the full mask P = 4/16, R = 1 -> 0.4.
+  assert.ok(Math.abs(r.f1 - (0.8 + 0.8 + 0 + 0.4) / 4) < 1e-12);
+  // Areas 6/16, 6/16, 0, 1.
+  const areas = [6 / 16, 6 / 16, 0, 1];
+  const mean = areas.reduce((a, b) => a + b) / 4;
+  assert.ok(Math.abs(r.area.mean - mean) < 1e-12);
+  assert.ok(Math.abs(r.area.std - Math.sqrt(areas.reduce((a, b) => a + (b - mean) ** 2, 0) / 4)) < 1e-12);
+  // Top-k keeps round(0 * 16) = 0 pixels of an all-zero mask: no box, a miss.
+  const k = new LocalizationTally('top-k');
+  assert.deepEqual(k.add(new Float32Array(16), 4, 4, truth, true), { box: null, hit: false });
+  assert.deepEqual([k.result().noBox, k.result().le], [1, 1]);
+  // Without the classifier's answers OM is unknown, not 0.
+  const u = new LocalizationTally();
+  u.add(f1Mask(), 4, 4, truth, null);
+  assert.equal(u.result().om, null);
+  assert.equal(u.result().le, 0);
+  assert.throws(() => new LocalizationTally().result(), /no image/);
 });

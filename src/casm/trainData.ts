@@ -47,6 +47,8 @@ export interface DigitsPlan {
   kind: 'digits';
   trainCount: number;
   valCount: number;
+  /** Train on these digits only (the held-out images keep every class). */
+  classes?: number[];
 }
 
 export interface ShardsPlan {
@@ -103,18 +105,31 @@ function clutteredHeldOut(val: ClutteredSet): HeldOut {
   };
 }
 
+/** The --data name of the built-in cluttered digits. */
+export const BUILTIN_DATA = 'cluttered-mnist';
+
+/**
+ * The built-in digits of a run with this seed: training images from MNIST's training set (seed),
+ * held-out ones from its test set (seed + 1), digits of 20-40 px on a 64 px canvas and the same
+ * proportion on other canvases. `casm eval` takes its images from here too.
+ */
+export function loadDigits(split: 'train' | 'test', count: number, size: number, seed: number): Promise<ClutteredSet> {
+  const digits = { size, minDigit: Math.round((size * 20) / 64), maxDigit: Math.round((size * 40) / 64) };
+  return loadCluttered({ split, count, seed: split === 'train' ? seed : seed + 1, ...digits });
+}
+
 async function digitsData(plan: DigitsPlan, o: OpenOptions): Promise<TrainData> {
-  // Digits of 20-40 px on the default 64 px canvas, the same proportion on other canvases.
-  const digits = { size: o.size, minDigit: Math.round((o.size * 20) / 64), maxDigit: Math.round((o.size * 40) / 64) };
-  const train = await loadCluttered({ split: 'train', count: plan.trainCount, seed: o.seed, ...digits });
-  const val = await loadCluttered({ split: 'test', count: plan.valCount, seed: o.seed + 1, ...digits });
-  if (train.n < o.batchSize) throw new Error(`${train.n} training images are fewer than one batch of ${o.batchSize}`);
+  const train = await loadDigits('train', plan.trainCount, o.size, o.seed);
+  const val = await loadDigits('test', plan.valCount, o.size, o.seed);
+  const keep = plan.classes ? new Set(plan.classes) : null;
+  const kept = Array.from({ length: train.n }, (_, i) => i).filter((i) => keep === null || keep.has(train.labels[i]!));
+  if (kept.length < o.batchSize) throw new Error(`${kept.length} training images are fewer than one batch of ${o.batchSize}`);
   return {
-    describe: `${train.n} cluttered digits ${o.size}px`,
-    samplesPerEpoch: train.n,
+    describe: `${kept.length} cluttered digits ${o.size}px${plan.classes ? ` of classes ${plan.classes.join(',')}` : ''}`,
+    samplesPerEpoch: kept.length,
     async next(step, stepsPerEpoch) {
       const t0 = performance.now();
-      const b = toBatch(train, batchAt(train.n, o.batchSize, o.seed, Math.floor(step / stepsPerEpoch), step % stepsPerEpoch));
+      const b = toBatch(train, batchAt(kept.length, o.batchSize, o.seed, Math.floor(step / stepsPerEpoch), step % stepsPerEpoch).map((i) => kept[i]!));
       return { x: b.x, y: b.y, waitMs: performance.now() - t0 };
     },
     heldOut: clutteredHeldOut(val),

@@ -207,6 +207,18 @@ export class CasmTrainer {
     return { masks: masks as tf.Tensor4D, logits: logits as tf.Tensor2D };
   }
 
+  /** Frees every tensor the trainer owns: models, optimiser slots, the snapshot model. */
+  dispose(): void {
+    this.classifier.dispose();
+    for (const m of this.masker.models) m.dispose();
+    this.snapshotModel?.dispose();
+    this.classifierOpt.dispose();
+    this.maskerOpt.dispose();
+    // tfjs 4.22's MomentumOptimizer.dispose() skips SGDOptimizer's learning-rate scalar `c`
+    // (disposing a disposed tensor is a no-op, should a later tfjs fix that).
+    (this.classifierOpt as unknown as { c?: tf.Tensor }).c?.dispose();
+  }
+
   /** Sets both optimisers' learning rates for the current epoch (step schedule). */
   private scheduleLearningRates(): { classifier: number; masker: number } {
     const lr = learningRates(this.config.optim, this.epoch);

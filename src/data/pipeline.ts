@@ -12,8 +12,11 @@ import { readShard, type ReadContext, type Shard } from './dataset.js';
 import { transformSample, type TransformSpec } from './decode.js';
 import type { PixelBox, Problems, Sample, SampleSource } from './samples.js';
 
-/** Which preprocessing, at which output size (spec sections 4 and 5). */
-export type Preprocess = 'train' | 'val' | 'eval';
+/**
+ * Which preprocessing, at which output size (spec sections 4 and 5): 'eval' resizes the short side
+ * and centre-crops, 'eval-stretch' resizes to size x size (the evaluation's option).
+ */
+export type Preprocess = 'train' | 'val' | 'eval' | 'eval-stretch';
 
 export interface StreamPlan {
   shards: Shard[];
@@ -69,6 +72,8 @@ export function transformOf(plan: Pick<StreamPlan, 'preprocess' | 'size' | 'seed
       return { kind: 'val', resize: Math.round((plan.size * 256) / 224), crop: plan.size };
     case 'eval':
       return { kind: 'eval', size: plan.size };
+    case 'eval-stretch':
+      return { kind: 'eval', mode: 'stretch', size: plan.size };
   }
 }
 

@@ -5,6 +5,13 @@
 
 export type Box = [number, number, number, number];
 
+/**
+ * How a continuous mask becomes binary: `mean` (the spec's default, b = m >= alpha * mean(m)) or
+ * `top-k` (the reference code's variant: the round(mean(m) * N) largest pixels, ties by position).
+ */
+export const BINARIZATIONS = ['mean', 'top-k'] as const;
+export type Binarization = (typeof BINARIZATIONS)[number];
+
 /** b = m >= alpha * mean(m). */
 export function binarize(mask: Float32Array, alpha = 1): Uint8Array {
   let sum = 0;
@@ -12,6 +19,17 @@ export function binarize(mask: Float32Array, alpha = 1): Uint8Array {
   const threshold = (alpha * sum) / mask.length;
   const b = new Uint8Array(mask.length);
   for (let i = 0; i < mask.length; i++) b[i] = mask[i] >= threshold ? 1 : 0;
+  return b;
+}
+
+/** The round(mean(m) * N) largest pixels of m (the earlier pixel first among equals). */
+export function binarizeTopK(mask: Float32Array): Uint8Array {
+  let sum = 0;
+  for (let i = 0; i < mask.length; i++) sum += mask[i];
+  const k = Math.round(sum);
+  const order = Array.from({ length: mask.length }, (_, i) => i).sort((a, b) => mask[b] - mask[a] || a - b);
+  const b = new Uint8Array(mask.length);
+  for (let i = 0; i < k; i++) b[order[i]] = 1;
   return b;
 }
 
@@ -80,9 +98,9 @@ export function isHit(box: Box | null, truth: Box[]): boolean {
   return box !== null && truth.some((t) => iou(box, t) > 0.5);
 }
 
-/** The box a continuous mask in [0,1] localises: largest component of mask >= alpha * mean. */
-export function maskBox(mask: Float32Array, h: number, w: number, alpha = 1): Box | null {
-  return largestComponentBox(binarize(mask, alpha), h, w);
+/** The box a continuous mask in [0,1] localises: the largest component of its binarisation. */
+export function maskBox(mask: Float32Array, h: number, w: number, alpha = 1, rule: Binarization = 'mean'): Box | null {
+  return largestComponentBox(rule === 'mean' ? binarize(mask, alpha) : binarizeTopK(mask), h, w);
 }
 
 /** LE = 1 - hit rate, over images with predicted boxes (null = no box = miss). */
@@ -91,4 +109,126 @@ export function localizationError(predicted: (Box | null)[], truth: Box[][]): nu
   if (predicted.length === 0) throw new Error('localisation error of an empty set');
   const hits = predicted.reduce((n, box, i) => n + (isHit(box, truth[i]) ? 1 : 0), 0);
   return 1 - hits / predicted.length;
+}
+
+/**
+ * Continuous F1 of a mask against each ground-truth box (spec section 4): P = sum(m gt) / sum(m),
+ * R = sum(m gt) / |gt|, F1 = 2PR / (P + R). `max` over the boxes is the spec's F1, `mean` is F1a.
+ * Boxes are clipped to the image; a box with no pixel left scores 0.
+ */
+export function f1Scores(mask: Float32Array, h: number, w: number, truth: Box[]): { max: number; mean: number } {
+  if (truth.length === 0) throw new Error('F1 of an image without ground-truth boxes');
+  let total = 0;
+  for (let i = 0; i < mask.length; i++) total += mask[i];
+  const scores = truth.map(([x0, y0, x1, y1]) => {
+    const [cx0, cy0, cx1, cy1] = [Math.max(0, x0), Math.max(0, y0), Math.min(w, x1), Math.min(h, y1)];
+    const size = Math.max(0, cx1 - cx0) * Math.max(0, cy1 - cy0);
+    let inside = 0;
+    for (let y = cy0; y < cy1; y++) for (let x = cx0; x < cx1; x++) inside += mask[y * w + x];
+    if (size === 0 || inside === 0) return 0;
+    const p = inside / total;
+    const r = inside / size;
+    return (2 * p * r) / (p + r);
+  });
+  return { max: Math.max(...scores), mean: scores.reduce((a, b) => a + b, 0) / scores.length };
+}
+
+/**
+ * Per-mask statistics: area = mean(m); entropy = mean binary entropy of the pixels in bits
+ * (0 for a binary mask, 1 for m = 0.5 everywhere); tv = anisotropic total variation per pixel,
+ * (sum |m(y, x+1) - m(y, x)| + sum |m(y+1, x) - m(y, x)|) / (h w).
+ */
+export function maskStats(mask: Float32Array, h: number, w: number): { area: number; entropy: number; tv: number } {
+  let area = 0;
+  let entropy = 0;
+  let tv = 0;
+  const bits = (p: number) => (p <= 0 ? 0 : -p * Math.log2(p));
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const m = mask[y * w + x];
+      area += m;
+      entropy += bits(m) + bits(1 - m);
+      if (x + 1 < w) tv += Math.abs(mask[y * w + x + 1] - m);
+      if (y + 1 < h) tv += Math.abs(mask[(y + 1) * w + x] - m);
+    }
+  }
+  const n = h * w;
+  return { area: area / n, entropy: entropy / n, tv: tv / n };
+}
+
+export interface MethodResult {
+  /** Images scored (those with ground-truth boxes). */
+  images: number;
+  /** Localisation error: 1 - hit rate. */
+  le: number;
+  /** Official metric: 1 - hit * [top-1 right]; null without a classifier. */
+  om: number | null;
+  /** Continuous F1, max over the image's boxes (F1) and mean over them (F1a), averaged over images. */
+  f1: number;
+  f1a: number;
+  /** Images whose mask gave no box (counted as misses). */
+  noBox: number;
+  area: { mean: number; std: number };
+  entropy: number;
+  tv: number;
+}
+
+/** Accumulates one method's figures image by image (spec section 4). */
+export class LocalizationTally {
+  private n = 0;
+  private hits = 0;
+  private hitsRight = 0;
+  private rightKnown = true;
+  private f1 = 0;
+  private f1a = 0;
+  private noBox = 0;
+  private areaSum = 0;
+  private areaSq = 0;
+  private entropy = 0;
+  private tv = 0;
+
+  constructor(
+    readonly binarization: Binarization = 'mean',
+    readonly alpha = 1,
+  ) {}
+
+  /**
+   * Scores one mask against the image's boxes; `correct`: the classifier's top-1 on the clean image
+   * was right (null when there is no classifier: OM is then null). Returns the mask's box and hit.
+   */
+  add(mask: Float32Array, h: number, w: number, truth: Box[], correct: boolean | null): { box: Box | null; hit: boolean } {
+    const box = maskBox(mask, h, w, this.alpha, this.binarization);
+    const hit = isHit(box, truth);
+    const f = f1Scores(mask, h, w, truth);
+    const s = maskStats(mask, h, w);
+    this.n++;
+    this.hits += hit ? 1 : 0;
+    if (correct === null) this.rightKnown = false;
+    else this.hitsRight += hit && correct ? 1 : 0;
+    this.f1 += f.max;
+    this.f1a += f.mean;
+    this.noBox += box === null ? 1 : 0;
+    this.areaSum += s.area;
+    this.areaSq += s.area * s.area;
+    this.entropy += s.entropy;
+    this.tv += s.tv;
+    return { box, hit };
+  }
+
+  result(): MethodResult {
+    const n = this.n;
+    if (n === 0) throw new Error('no image with ground-truth boxes was scored');
+    const mean = this.areaSum / n;
+    return {
+      images: n,
+      le: 1 - this.hits / n,
+      om: this.rightKnown ? 1 - this.hitsRight / n : null,
+      f1: this.f1 / n,
+      f1a: this.f1a / n,
+      noBox: this.noBox,
+      area: { mean, std: Math.sqrt(Math.max(0, this.areaSq / n - mean * mean)) },
+      entropy: this.entropy / n,
+      tv: this.tv / n,
+    };
+  }
 }

@@ -26,16 +26,16 @@ export type Method = (typeof METHODS)[number];
 /** A bad method, layer or target: the CLI turns it into a usage error (exit code 2). */
 export class ExplainUsageError extends Error {}
 
-/** 'all' or a comma-separated list of METHODS; an unknown name lists the valid ones. */
-export function parseMethods(spec: string): Method[] {
+/** 'all' or a comma-separated list of `valid` names; an unknown name lists the valid ones. */
+export function parseMethods<T extends string>(spec: string, valid: readonly T[] = METHODS as readonly string[] as readonly T[]): T[] {
   const names = spec.split(',').map((s) => s.trim());
-  if (names.includes('all')) return [...METHODS];
+  if (names.includes('all')) return [...valid];
   for (const n of names) {
-    if (!(METHODS as readonly string[]).includes(n)) {
-      throw new ExplainUsageError(`unknown method '${n}': valid methods are ${[...METHODS, 'all'].join(', ')}`);
+    if (!(valid as readonly string[]).includes(n)) {
+      throw new ExplainUsageError(`unknown method '${n}': valid methods are ${[...valid, 'all'].join(', ')}`);
     }
   }
-  return [...new Set(names)] as Method[];
+  return [...new Set(names)] as T[];
 }
 
 export interface ExplainOptions {
@@ -67,7 +67,10 @@ export interface ExplainResult {
   grid: string;
 }
 
-function buildExplainer(method: Method, trainer: CasmTrainer, classifier: Classifier, o: ExplainOptions): Explainer {
+/** What the explainers need of the options (`casm eval` builds them too). */
+export type ExplainerOptions = Pick<ExplainOptions, 'layer' | 'samples' | 'spread' | 'magnitude' | 'seed'>;
+
+export function buildExplainer(method: Method, trainer: CasmTrainer, classifier: Classifier, o: ExplainerOptions): Explainer {
   switch (method) {
     case 'casm':
       return new CasmMasks(trainer);

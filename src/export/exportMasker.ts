@@ -373,14 +373,7 @@ export async function exportMasker(o: ExportOptions): Promise<ExportResult> {
     return { dir, meta, shards };
   } finally {
     model.dispose();
-    trainer.classifier.dispose();
-    for (const m of trainer.masker.models) m.dispose();
-    // loadCheckpoint restored the optimisers' slots: theirs to free too.
-    trainer.classifierOpt.dispose();
-    trainer.maskerOpt.dispose();
-    // tfjs 4.22's MomentumOptimizer.dispose() skips SGDOptimizer's learning-rate scalar `c`
-    // (disposing a disposed tensor is a no-op, should a later tfjs fix that).
-    (trainer.classifierOpt as unknown as { c?: tf.Tensor }).c?.dispose();
+    trainer.dispose();
   }
 }
 
@@ -406,6 +399,24 @@ export async function loadMaskNetwork(dir: string): Promise<{ model: tf.LayersMo
   if (meta.version !== MASKER_FORMAT_VERSION) {
     throw new ExportError(`${metaPath}: masker format version ${meta.version} (written by casm-ts ${meta.projectVersion}); this build (${PROJECT_VERSION}) reads version ${MASKER_FORMAT_VERSION}`);
   }
+  const model = await readLayersModel(dir, json);
+  return { model, meta };
+}
+
+/**
+ * A tfjs LayersModel directory (model.json + weight shards) read from disk and loaded from memory
+ * (any backend). Missing or short shards are ExportErrors naming the file.
+ */
+export async function readLayersModel(dir: string, json?: tf.io.ModelJSON): Promise<tf.LayersModel> {
+  const modelPath = join(dir, 'model.json');
+  if (json === undefined) {
+    if (!existsSync(modelPath)) throw new ExportError(`${modelPath}: missing; is ${dir} a tfjs model directory?`);
+    try {
+      json = JSON.parse(readFileSync(modelPath, 'utf8')) as tf.io.ModelJSON;
+    } catch (e) {
+      throw new ExportError(`${modelPath}: unreadable (${(e as Error).message})`);
+    }
+  }
   if (!json.modelTopology || !Array.isArray(json.weightsManifest)) throw new ExportError(`${modelPath}: not a tfjs layers-model file`);
   const specs: tf.io.WeightsManifestEntry[] = [];
   const buffers: ArrayBuffer[] = [];
@@ -423,6 +434,5 @@ export async function loadMaskNetwork(dir: string): Promise<{ model: tf.LayersMo
   if (data.byteLength !== expected) {
     throw new ExportError(`${dir}: weight shards hold ${data.byteLength} bytes, model.json's manifest needs ${expected} (truncated or foreign shard?)`);
   }
-  const model = await tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: specs, weightData: data }));
-  return { model, meta };
+  return tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: specs, weightData: data }));
 }

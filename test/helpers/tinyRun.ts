@@ -31,6 +31,5 @@ export async function trainTinyRun(outDir: string, o: TinyRun = {}): Promise<voi
     maxSteps: o.maxSteps ?? 3,
     log: () => {},
   });
-  trainer.classifier.dispose();
-  for (const m of trainer.masker.models) m.dispose();
+  trainer.dispose();
 }

@@ -1,0 +1,124 @@
+/**
+ * The masks an evaluation compares (spec section 4), all as N x H x W values in [0, 1] at the
+ * input size: CASM's masker (from a checkpoint, or an exported mask network), the gradient
+ * explainers on the checkpoint's classifier (targets: the ground-truth labels, the protocol's
+ * "class known" setting), and the two trivial baselines: `full` (the whole image) and `centre`
+ * (the centre box with a 33-pixel margin at 224, as a 0/1 mask).
+ */
+import * as tf from '@tensorflow/tfjs';
+import { CasmTrainer } from '../casm/trainer.js';
+import { loadCheckpoint, readCheckpointState, resolveCheckpoint, type CheckpointState } from '../checkpoints/checkpoint.js';
+import { denormalize } from '../data/normalize.js';
+import { Classifier } from '../explain/classifier.js';
+import { buildExplainer, METHODS as EXPLAIN_METHODS, parseMethods, type ExplainerOptions, type Method as ExplainMethod } from '../explain/explainCommand.js';
+import { loadMaskNetwork, type MaskerMeta } from '../export/exportMasker.js';
+import { centreBox } from './localization.js';
+
+export const EVAL_METHODS = [...EXPLAIN_METHODS, 'full', 'centre'] as const;
+export type EvalMethod = (typeof EVAL_METHODS)[number];
+export const DEFAULT_METHODS: EvalMethod[] = ['casm', 'gradcam', 'smoothgrad', 'vanilla', 'full', 'centre'];
+
+/** A wrong method list or a method the given model cannot run: a usage error (exit 2). */
+export class EvalUsageError extends Error {}
+
+export const parseEvalMethods = (spec: string): EvalMethod[] => parseMethods(spec, EVAL_METHODS);
+
+/** One method: masks of a batch (x normalised NHWC, labels) as n*h*w floats in [0, 1]. */
+export interface MaskMethod {
+  name: EvalMethod;
+  masks(x: tf.Tensor4D, labels: Int32Array): Float32Array;
+}
+
+/** What is evaluated: a checkpoint (classifier + masker) and/or an exported mask network. */
+export interface Models {
+  /** Input side in pixels. */
+  size: number;
+  /** The checkpoint's trainer (classifier and masker), when one was given. */
+  trainer: CasmTrainer | null;
+  checkpoint: { dir: string; state: CheckpointState } | null;
+  exported: { dir: string; model: tf.LayersModel; meta: MaskerMeta } | null;
+  /** Top-1 classes of the checkpoint's classifier on clean images (null without a checkpoint). */
+  predict(x: tf.Tensor4D): Int32Array | null;
+  dispose(): void;
+}
+
+export async function loadModels(checkpoint: string | undefined, exportedDir: string | undefined): Promise<Models> {
+  if (checkpoint === undefined && exportedDir === undefined) throw new EvalUsageError('give --checkpoint <run or checkpoint dir> and/or --model <exported dir>');
+  let trainer: CasmTrainer | null = null;
+  let ckpt: Models['checkpoint'] = null;
+  if (checkpoint !== undefined) {
+    const dir = resolveCheckpoint(checkpoint);
+    const state = readCheckpointState(dir);
+    trainer = new CasmTrainer(state.config);
+    await loadCheckpoint(dir, trainer, state);
+    ckpt = { dir, state };
+  }
+  const exported = exportedDir === undefined ? null : { dir: exportedDir, ...(await loadMaskNetwork(exportedDir)) };
+  const size = trainer?.config.arch.inputSize ?? exported!.meta.input.height;
+  if (exported && exported.meta.input.height !== size) {
+    throw new EvalUsageError(`--model ${exportedDir}: input ${exported.meta.input.height}x${exported.meta.input.width} differs from the checkpoint's ${size}x${size}`);
+  }
+  const classifier = trainer?.classifier ?? null;
+  return {
+    size,
+    trainer,
+    checkpoint: ckpt,
+    exported,
+    predict(x) {
+      if (classifier === null) return null;
+      const top1 = tf.tidy(() => tf.argMax((classifier.apply(x, { training: false }) as tf.Tensor[])[5]!, 1));
+      const classes = top1.dataSync() as Int32Array;
+      top1.dispose();
+      return classes;
+    },
+    dispose() {
+      trainer?.dispose();
+      exported?.model.dispose();
+    },
+  };
+}
+
+function fromTensor(maps: tf.Tensor3D): Float32Array {
+  const v = maps.dataSync() as Float32Array;
+  maps.dispose();
+  return v;
+}
+
+/** The method objects; a method the models cannot run is a usage error naming what it needs. */
+export function buildMethods(methods: EvalMethod[], models: Models, o: ExplainerOptions): MaskMethod[] {
+  const { size, trainer } = models;
+  const classifier = trainer ? new Classifier(trainer.classifier) : null;
+  return methods.map((name): MaskMethod => {
+    switch (name) {
+      case 'full':
+      case 'centre': {
+        const one = new Float32Array(size * size).fill(name === 'full' ? 1 : 0);
+        if (name === 'centre') {
+          const [x0, y0, x1, y1] = centreBox(size, size);
+          for (let y = y0; y < y1; y++) one.fill(1, y * size + x0, y * size + x1);
+        }
+        return {
+          name,
+          masks: (x) => {
+            const out = new Float32Array(x.shape[0] * size * size);
+            for (let i = 0; i < x.shape[0]; i++) out.set(one, i * size * size);
+            return out;
+          },
+        };
+      }
+      case 'casm':
+        // The exported network when given (what users deploy), else the checkpoint's masker.
+        if (models.exported) {
+          const model = models.exported.model;
+          return {
+            name,
+            masks: (x) => fromTensor(tf.tidy(() => tf.squeeze(model.predict(tf.round(denormalize(x).mul(255))) as tf.Tensor4D, [3]) as tf.Tensor3D)),
+          };
+        }
+        break;
+    }
+    if (trainer === null || classifier === null) throw new EvalUsageError(`method '${name}' needs a checkpoint's classifier: give --checkpoint`);
+    const explainer = buildExplainer(name as ExplainMethod, trainer, classifier, o);
+    return { name, masks: (x, labels) => fromTensor(explainer.explain(x, Array.from(labels)).maps) };
+  });
+}
