@@ -25,11 +25,14 @@ export const FEATURE_NAMES = ['pool', 'stage1', 'stage2', 'stage3', 'stage4'] as
 
 const EXPANSION = 4;
 
-/** Hands each initializer its own seed, so a model built from one seed is reproducible. */
+/**
+ * Hands each initializer its own seed, so a model built from one seed is reproducible. Seeds start
+ * at first + 1: tfjs takes a seed of 0 as "no seed" and draws from Math.random.
+ */
 export class Seeds {
   constructor(private next: number) {}
   take(): number {
-    return this.next++;
+    return ++this.next;
   }
 }
 

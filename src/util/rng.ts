@@ -29,9 +29,9 @@ export class Rng {
     return lo + (hi - lo) * this.next();
   }
 
-  /** A fresh 31-bit seed, for seeding tf.random* ops deterministically from this stream. */
+  /** A fresh 31-bit seed for tf.random* ops, never 0 (tfjs takes 0 as "no seed": Math.random). */
   seed(): number {
-    return this.int(0x7fffffff);
+    return 1 + this.int(0x7ffffffe);
   }
 
   get state(): number {
