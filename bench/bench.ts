@@ -1,30 +1,110 @@
 /**
- * npm run bench [-- --backend tensorflow --batch 8 --size 224 --steps 3 --depths 3,4,6,3]
- * Throughput of one full CASM iteration (thinning L100, entropy score) for ResNet-50 at 224 on the
- * chosen backend, after warm-up iterations; next to it the plain classifier training step, so the
- * CASM overhead is visible. Not a test: nothing here asserts a speed.
+ * npm run bench [-- --batch 16 --size 224 --steps 3 --warmup 1 --depths 3,4,6,3 --backend tensorflow]
+ * One CASM iteration (thinning L100, entropy score) of ResNet-50 at 224 on our engine next to the
+ * independent PyTorch implementation of the same iteration (bench/reference/casm_iteration.py,
+ * installed by `bash scripts/setup-bench.sh`), plus the plain classifier step and the masker
+ * forward; img/s, peak RSS and the ours / PyTorch ratio. Each mode runs in its own process (ours
+ * and PyTorch's alike), so a peak RSS belongs to that mode alone. Writes bench/results.md.
+ * Not a test: nothing here asserts a speed; take figures on an idle machine (the load average is
+ * printed next to them).
  */
 import * as tf from '@tensorflow/tfjs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { join } from 'node:path';
 import { crossEntropy } from '../src/casm/score.js';
+import { fusedTraining } from '../src/fusedTraining.js';
+import { REPO_ROOT } from '../src/version.js';
 import { measure, setupBench } from './common.js';
 
-const { trainer, arch, batch, size, steps, warmup } = await setupBench('bench', { batch: 8, warmup: 1 });
-const x = tf.randomNormal([batch, size, size, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
-const y = tf.randomUniform([batch], 0, arch.classes, 'int32', 2) as tf.Tensor1D;
-
-function time(label: string, fn: () => void): number {
-  const ms = measure(fn, warmup, steps);
-  const rate = (1000 * batch) / ms;
-  console.log(`${label}: ${rate.toFixed(3)} img/s (${ms.toFixed(0)} ms/iteration)`);
-  return rate;
+const MODES = {
+  plain: 'plain classifier step (SGD on clean CE)',
+  masker_forward: 'masker forward (classifier features + decoder, inference)',
+  casm: 'CASM iteration (eq. 8 classifier step + L100 pool + masker step)',
+} as const;
+type Mode = keyof typeof MODES;
+interface Result {
+  img_per_s: number;
+  ms_per_iteration: number;
+  peak_rss_mb: number;
 }
 
-const sgd = tf.train.momentum(1e-3, 0.9);
-const classifierStep = () =>
-  tf.tidy(() => {
-    sgd.minimize(() => crossEntropy((trainer.classifier.apply(x, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D, y));
-  });
+const bench = await setupBench('bench', { batch: 16, warmup: 1 });
+const { trainer, arch, batch, size, steps, warmup } = bench;
 
-const plain = time('plain classifier step (SGD on clean CE)', classifierStep);
-const casm = time('CASM iteration (eq. 8 classifier step + L100 pool + masker step)', () => trainer.iteration(x, y));
-console.log(`CASM iteration / plain step time ratio: ${(plain / casm).toFixed(2)}`);
+if (bench.mode !== undefined) {
+  // A child: time one mode, print its result as one JSON line.
+  const x = tf.randomNormal([batch, size, size, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
+  const y = tf.randomUniform([batch], 0, arch.classes, 'int32', 2) as tf.Tensor1D;
+  const sgd = tf.train.momentum(1e-3, 0.9);
+  const run: Record<Mode, () => void> = {
+    plain: () => tf.tidy(() => void sgd.minimize(() => crossEntropy((trainer.classifier.apply(x, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D, y))),
+    masker_forward: () => {
+      const { masks, logits } = trainer.inference(x);
+      masks.dataSync();
+      tf.dispose([masks, logits]);
+    },
+    casm: () => void trainer.iteration(x, y),
+  };
+  const ms = measure(run[bench.mode as Mode], warmup, steps);
+  const result: Result = { img_per_s: (1000 * batch) / ms, ms_per_iteration: ms, peak_rss_mb: process.resourceUsage().maxRSS / 1024 };
+  console.log(`RESULT ${JSON.stringify(result)}`);
+  process.exit(0);
+}
+
+const args = process.argv.slice(2);
+const load0 = loadavg()[0];
+const ours: Partial<Record<Mode, Result>> = {};
+for (const mode of Object.keys(MODES) as Mode[]) {
+  const out = execFileSync(process.execPath, [process.argv[1]!, ...args, '--mode', mode], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  const line = out.split('\n').find((l) => l.startsWith('RESULT '));
+  if (!line) throw new Error(`bench: mode ${mode} printed no result`);
+  ours[mode] = JSON.parse(line.slice(7)) as Result;
+  console.log(`ours    ${MODES[mode]}: ${ours[mode]!.img_per_s.toFixed(3)} img/s (${ours[mode]!.ms_per_iteration.toFixed(0)} ms/iteration), peak RSS ${ours[mode]!.peak_rss_mb.toFixed(0)} MB`);
+}
+
+// The PyTorch reference, same shapes and counts.
+const python = join(REPO_ROOT, '.venv-bench', 'bin', 'python');
+let reference: { environment: { torch: string; threads: number }; results: Record<Mode, Result> } | null = null;
+if (existsSync(python)) {
+  const refArgs = ['--json', '--batch', String(batch), '--size', String(size), '--steps', String(steps), '--warmup', String(warmup), '--depths', arch.depths.join(','), '--width', String(arch.width)];
+  reference = JSON.parse(execFileSync(python, [join(REPO_ROOT, 'bench', 'reference', 'casm_iteration.py'), ...refArgs], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }));
+  for (const mode of Object.keys(MODES) as Mode[]) {
+    const r = reference!.results[mode];
+    console.log(`pytorch ${MODES[mode]}: ${r.img_per_s.toFixed(3)} img/s (${r.ms_per_iteration.toFixed(0)} ms/iteration), peak RSS ${r.peak_rss_mb.toFixed(0)} MB`);
+  }
+} else {
+  console.log(`pytorch reference: not installed (${python} missing): bash scripts/setup-bench.sh`);
+}
+const load1 = loadavg()[0];
+const ratio = (m: Mode) => (reference ? ours[m]!.img_per_s / reference.results[m].img_per_s : null);
+console.log(`ratio ours / PyTorch (img/s): CASM iteration ${ratio('casm')?.toFixed(2) ?? 'n/a'}, plain step ${ratio('plain')?.toFixed(2) ?? 'n/a'}, masker forward ${ratio('masker_forward')?.toFixed(2) ?? 'n/a'}; load ${load0.toFixed(1)} -> ${load1.toFixed(1)}`);
+
+const row = (m: Mode) => {
+  const o = ours[m]!;
+  const r = reference?.results[m];
+  return `| ${MODES[m]} | ${o.img_per_s.toFixed(3)} | ${r ? r.img_per_s.toFixed(3) : 'n/a'} | ${ratio(m)?.toFixed(2) ?? 'n/a'} | ${o.peak_rss_mb.toFixed(0)} | ${r ? r.peak_rss_mb.toFixed(0) : 'n/a'} |`;
+};
+// The latest run replaces the top of bench/results.md; its hand-written part from '## History' on stays.
+const resultsPath = join(REPO_ROOT, 'bench', 'results.md');
+const previous = existsSync(resultsPath) ? readFileSync(resultsPath, 'utf8') : '';
+const history = previous.includes('\n## History') ? previous.slice(previous.indexOf('\n## History')) : '';
+writeFileSync(
+  resultsPath,
+  [
+    '# npm run bench: our engine vs the PyTorch reference',
+    '',
+    `- command: \`npm run bench${args.length ? ` -- ${args.join(' ')}` : ''}\` (written by bench/bench.ts, ${new Date().toISOString()})`,
+    `- machine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores; load average ${load0.toFixed(1)} before, ${load1.toFixed(1)} after`,
+    `- ours: backend ${bench.engine.backend}${bench.engine.tensorflowVersion ? `, libtensorflow ${bench.engine.tensorflowVersion}` : ''}, tfjs ${tf.version.tfjs}, Node ${process.version}; ` +
+      `training BatchNorm/ReLU gradients: ${fusedTraining() ? 'fused TensorFlow kernels' : 'tfjs composed ops'}`,
+    `- PyTorch: ${reference ? `torch ${reference.environment.torch}, ${reference.environment.threads} threads` : 'not installed (bash scripts/setup-bench.sh)'}`,
+    `- ResNet depths [${arch.depths}] width ${arch.width} at ${size} px, batch ${batch}, ${warmup} warm-up + ${steps} timed calls; each mode in its own process`,
+    '',
+    '| what | ours img/s | PyTorch img/s | ratio | ours peak RSS MB | PyTorch peak RSS MB |',
+    '|---|---|---|---|---|---|',
+    ...(Object.keys(MODES) as Mode[]).map(row),
+  ].join('\n') + '\n' + history,
+);
+console.log('written: bench/results.md');

@@ -20,6 +20,7 @@ export interface Bench {
   samples: number;
   steps: number;
   warmup: number;
+  mode: string | undefined;
 }
 
 export async function setupBench(name: string, defaults: { batch: number; warmup: number }): Promise<Bench> {
@@ -33,6 +34,8 @@ export async function setupBench(name: string, defaults: { batch: number; warmup
       warmup: { type: 'string', default: String(defaults.warmup) },
       depths: { type: 'string', default: RESNET50.depths.join(',') },
       width: { type: 'string', default: String(RESNET50.width) },
+      // bench.ts: run one mode in this process (its children), else all modes and the reference.
+      mode: { type: 'string' },
     },
   });
   const size = Number(values.size);
@@ -46,6 +49,7 @@ export async function setupBench(name: string, defaults: { batch: number; warmup
     samples: Number(values.samples),
     steps: Number(values.steps),
     warmup: Number(values.warmup),
+    mode: values.mode,
   };
   const { engine } = bench;
   console.log(

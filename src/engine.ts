@@ -22,6 +22,7 @@
  * libtensorflow 2.21 prints while it is being loaded ignores that variable; it stays.
  */
 import * as tf from '@tensorflow/tfjs';
+import { setFusedTraining } from './fusedTraining.js';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
@@ -186,6 +187,7 @@ export async function initEngine(
   }
 
   if (choice === 'cpu') {
+    setFusedTraining(false);
     await useCpu();
     log(`engine: backend=cpu pure-JS (TensorFlow.js ${tf.version_core}), chosen explicitly`);
     return { backend: tf.getBackend(), native: false, tensorflowVersion: null, warning: null };
@@ -196,7 +198,13 @@ export async function initEngine(
   for (const c of candidates) {
     try {
       const got = await loadNative(c);
-      log(`engine: backend=${tf.getBackend()} native libtensorflow ${got.tfVersion} (${got.pkg} ${got.pkgVersion})`);
+      // TensorFlow's fused BatchNorm and ReLU-gradient kernels for training (CASM_FUSED=0: tfjs's composed ops).
+      const fused = process.env['CASM_FUSED'] !== '0';
+      setFusedTraining(fused);
+      log(
+        `engine: backend=${tf.getBackend()} native libtensorflow ${got.tfVersion} (${got.pkg} ${got.pkgVersion}); ` +
+          `training BatchNorm/ReLU gradients: ${fused ? 'fused TensorFlow kernels' : 'tfjs composed ops (CASM_FUSED=0)'}`,
+      );
       return { backend: tf.getBackend(), native: true, tensorflowVersion: got.tfVersion, warning: null };
     } catch (err) {
       if (choice !== 'auto') throw err;
@@ -207,6 +215,7 @@ export async function initEngine(
     }
   }
 
+  setFusedTraining(false);
   await useCpu();
   const warning =
     'WARNING: the native TensorFlow engine is not available, so casm-ts runs on the pure-JS cpu ' +
