@@ -25,8 +25,7 @@ import { explainCommand, ExplainUsageError, METHODS, parseMethods, type ExplainO
 import { SMOOTHGRAD_DEFAULTS } from './explain/smoothGrad.js';
 import { exportMasker, QUANTIZATIONS, type Quantization } from './export/exportMasker.js';
 import { maskCommand, MaskUsageError } from './export/maskCommand.js';
-import type { EvalDataOptions } from './eval/evalData.js';
-import { DIGITS_EVAL_COUNT } from './eval/evalData.js';
+import { DIGITS_EVAL_COUNT, type EvalDataOptions } from './eval/evalData.js';
 import { BINARIZATIONS, type Binarization } from './eval/localization.js';
 import { evalClassifiers } from './eval/classifiersCommand.js';
 import { DEFAULT_RADIUS } from './eval/inpaint.js';
