@@ -136,7 +136,11 @@ export async function evalClassifiers(o: ClassifiersOptions): Promise<Classifier
         clean: x,
         'masked-in': tf.mul(m, x),
         'masked-out': tf.tidy(() => tf.mul(tf.sub(1, m), x)),
-        inpainted: tf.tidy(() => normalize(tf.tensor4d(Uint8Array.from(filled.flatMap((f) => Array.from(f))), [b.n, size, size, 3], 'int32').toFloat().div(255))),
+        inpainted: tf.tidy(() => {
+          const bytes = new Int32Array(b.n * hw * 3);
+          filled.forEach((f, i) => bytes.set(f, i * hw * 3));
+          return normalize(tf.tensor4d(bytes, [b.n, size, size, 3]).toFloat().div(255));
+        }),
       };
       try {
         for (const s of scored) {
