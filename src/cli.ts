@@ -556,16 +556,7 @@ export function buildProgram(argv: string[] = []): Command {
         evaluate: (runDir, out) =>
           evalLocalization({
             checkpoint: runDir,
-            data: {
-              spec: o.val ?? BUILTIN_DATA,
-              ...(o.boxes ? { boxes: o.boxes } : {}),
-              ...(o.synsets ? { synsets: o.synsets } : {}),
-              preprocess: 'eval',
-              ...(o.evalLimit !== undefined ? { limit: o.evalLimit } : {}),
-              batchSize: o.evalBatchSize,
-              workers: o.workers,
-              seed: o.seed,
-            },
+            data: evalDataOptions({ ...o, data: o.val ?? BUILTIN_DATA, stretch: false, limit: o.evalLimit, batchSize: o.evalBatchSize }),
             methods: ['casm'],
             binarization: 'mean',
             alpha: 1,

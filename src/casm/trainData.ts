@@ -90,8 +90,13 @@ function batchAt(n: number, batchSize: number, seed: number, epoch: number, b: n
   return perm.slice(b * batchSize, (b + 1) * batchSize);
 }
 
+/** The ground truth of digit image i: its one box. */
+export function digitBoxes(set: ClutteredSet, i: number): Box[] {
+  return [[set.boxes[4 * i]!, set.boxes[4 * i + 1]!, set.boxes[4 * i + 2]!, set.boxes[4 * i + 3]!]];
+}
+
 function clutteredHeldOut(val: ClutteredSet): HeldOut {
-  const boxes = Array.from({ length: val.n }, (_, i): Box[] => [[val.boxes[4 * i]!, val.boxes[4 * i + 1]!, val.boxes[4 * i + 2]!, val.boxes[4 * i + 3]!]]);
+  const boxes = Array.from({ length: val.n }, (_, i) => digitBoxes(val, i));
   return {
     n: val.n,
     size: val.size,

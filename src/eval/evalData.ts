@@ -4,7 +4,7 @@
  * says (spec section 4: short side to the input size, centre crop; or a stretch). Streams, so
  * ImageNet's 50,000 validation images never sit in memory at once.
  */
-import { BUILTIN_DATA, loadDigits } from '../casm/trainData.js';
+import { BUILTIN_DATA, digitBoxes, loadDigits } from '../casm/trainData.js';
 import { toBatch } from '../data/batches.js';
 import { countShard, openDataset, type Dataset } from '../data/dataset.js';
 import { DataLoader } from '../data/loader.js';
@@ -72,7 +72,7 @@ export async function openEvalData(o: EvalDataOptions): Promise<EvalData> {
             n: indices.length,
             size: set.size,
             labels: set.labels.slice(start, start + indices.length),
-            boxes: indices.map((i): Box[] => [[set.boxes[4 * i]!, set.boxes[4 * i + 1]!, set.boxes[4 * i + 2]!, set.boxes[4 * i + 3]!]]),
+            boxes: indices.map((i) => digitBoxes(set, i)),
             sources: indices.map((i) => `${BUILTIN_DATA} test #${i}`),
           };
         }
