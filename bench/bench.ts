@@ -14,7 +14,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { crossEntropy } from '../src/casm/score.js';
-import { fusedTraining } from '../src/fusedTraining.js';
+import { trainingPath } from '../src/fusedTraining.js';
 import { REPO_ROOT } from '../src/version.js';
 import { measure, setupBench } from './common.js';
 
@@ -97,8 +97,7 @@ writeFileSync(
     '',
     `- command: \`npm run bench${args.length ? ` -- ${args.join(' ')}` : ''}\` (written by bench/bench.ts, ${new Date().toISOString()})`,
     `- machine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores; load average ${load0.toFixed(1)} before, ${load1.toFixed(1)} after`,
-    `- ours: backend ${bench.engine.backend}${bench.engine.tensorflowVersion ? `, libtensorflow ${bench.engine.tensorflowVersion}` : ''}, tfjs ${tf.version.tfjs}, Node ${process.version}; ` +
-      `training BatchNorm/ReLU gradients: ${fusedTraining() ? 'fused TensorFlow kernels' : 'tfjs composed ops'}`,
+    `- ours: backend ${bench.engine.backend}${bench.engine.tensorflowVersion ? `, libtensorflow ${bench.engine.tensorflowVersion}` : ''}, tfjs ${tf.version.tfjs}, Node ${process.version}; training: ${trainingPath()}`,
     `- PyTorch: ${reference ? `torch ${reference.environment.torch}, ${reference.environment.threads} threads` : 'not installed (bash scripts/setup-bench.sh)'}`,
     `- ResNet depths [${arch.depths}] width ${arch.width} at ${size} px, batch ${batch}, ${warmup} warm-up + ${steps} timed calls; each mode in its own process`,
     '',

@@ -51,6 +51,11 @@ export async function setupBench(name: string, defaults: { batch: number; warmup
     warmup: Number(values.warmup),
     mode: values.mode,
   };
+  // f' as the reference's default (--choice alternate): the current classifier on even iterations,
+  // the snapshot on odd ones, so both engines time the same mix (the pool's own draw is random).
+  const { pool } = bench.trainer;
+  let t = 0;
+  pool.choose = () => (t++ % 2 === 1 && pool.snapshots.length > 0 ? { kind: 'snapshot', index: 0 } : { kind: 'current' });
   const { engine } = bench;
   console.log(
     `${name}: backend ${engine.backend}${engine.tensorflowVersion ? ` (libtensorflow ${engine.tensorflowVersion})` : ''}, ` +

@@ -22,7 +22,7 @@
  * libtensorflow 2.21 prints while it is being loaded ignores that variable; it stays.
  */
 import * as tf from '@tensorflow/tfjs';
-import { setFusedTraining } from './fusedTraining.js';
+import { setFusedTraining, trainingPath } from './fusedTraining.js';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
@@ -198,13 +198,9 @@ export async function initEngine(
   for (const c of candidates) {
     try {
       const got = await loadNative(c);
-      // TensorFlow's fused BatchNorm and ReLU-gradient kernels for training (CASM_FUSED=0: tfjs's composed ops).
-      const fused = process.env['CASM_FUSED'] !== '0';
-      setFusedTraining(fused);
-      log(
-        `engine: backend=${tf.getBackend()} native libtensorflow ${got.tfVersion} (${got.pkg} ${got.pkgVersion}); ` +
-          `training BatchNorm/ReLU gradients: ${fused ? 'fused TensorFlow kernels' : 'tfjs composed ops (CASM_FUSED=0)'}`,
-      );
+      // The faster training paths of src/fusedTraining.ts (CASM_FUSED=0: tfjs's composed ops).
+      setFusedTraining(process.env['CASM_FUSED'] !== '0');
+      log(`engine: backend=${tf.getBackend()} native libtensorflow ${got.tfVersion} (${got.pkg} ${got.pkgVersion}); training: ${trainingPath()}`);
       return { backend: tf.getBackend(), native: true, tensorflowVersion: got.tfVersion, warning: null };
     } catch (err) {
       if (choice !== 'auto') throw err;

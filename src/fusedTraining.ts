@@ -1,12 +1,15 @@
 /**
- * Training through TensorFlow's own fused kernels when the native engine runs (issue 7). tfjs
- * composes a BatchNorm layer's training forward (moments, then batchNorm) and both gradients
- * from elementwise kernels (Mean, Sub, Square, Multiply, Reshape, Sum... a few dozen per layer),
- * and ReLU's gradient from Step, Cast and Multiply. libtensorflow has one kernel for each:
- * FusedBatchNormV3 / FusedBatchNormGradV3 and ReluGrad. `setFusedTraining(true)` routes
- * BatchNorm layers in training mode and the ReLU gradient through them; off (or on the pure-JS
- * backend) everything runs as tfjs writes it. Numerics: same formulas, float32 rounding differs
- * (test/fusedTraining.test.ts compares the gradients of both paths).
+ * Faster training paths when the native engine runs (issue 7), each measured in bench/results.md.
+ * - tfjs composes a BatchNorm layer's training forward (moments, then batchNorm) and both
+ *   gradients from elementwise kernels (Mean, Sub, Square, Multiply, Reshape, Sum... a few dozen
+ *   per layer), and ReLU's gradient from Step, Cast and Multiply. libtensorflow has one kernel for
+ *   each: FusedBatchNormV3 / FusedBatchNormGradV3 and ReluGrad.
+ * - tfjs computes some gradients nobody asked for: both of a Conv2D layer's (input and filter),
+ *   and the full-size intermediates of an inference-mode batchNorm's. Here each input's gradient
+ *   is computed only when the backward pass needs it.
+ * `setFusedTraining(true)` switches all of it on; off (or on the pure-JS backend) everything runs
+ * as tfjs writes it. Numerics: same formulas, float32 rounding differs (test/fusedTraining.test.ts
+ * compares the gradients of both paths).
  */
 import * as tf from '@tensorflow/tfjs';
 
@@ -126,15 +129,91 @@ const nativeReluGrad: tf.GradConfig = {
   },
 };
 
+const plainBatchNormGrad = tf.getGradient('FusedBatchNorm')!;
+
+/**
+ * The gradient of an inference-mode batchNorm (a snapshot f' in the masker step, the explainers).
+ * tfjs's computes x - mean and dy * scale over the whole tensor before it knows which inputs are
+ * asked for, and dx through a full-size Tile: five full-size kernels where dx needs one multiply.
+ * Here each input's gradient is computed only when asked, with per-channel algebra:
+ * y = (x - mean) * g + offset, g = scale / sqrt(variance + eps).
+ */
+const lazyBatchNormGrad: tf.GradConfig = {
+  kernelName: 'FusedBatchNorm',
+  inputsToSave: ['x', 'mean', 'variance', 'scale'],
+  gradFunc: (dy, saved, attrs) => {
+    const [x, mean, variance, scale] = saved as [tf.Tensor, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D | undefined];
+    if (mean.rank !== 1 || nativeBackend() === null) return plainBatchNormGrad.gradFunc(dy, saved, attrs);
+    const eps = (attrs as unknown as { varianceEpsilon: number }).varianceEpsilon;
+    const axes = [...Array(x.rank - 1).keys()];
+    const inv = () => tf.rsqrt(tf.add(variance, eps));
+    const g = () => (scale === undefined ? inv() : tf.mul(inv(), scale));
+    const sumDy = () => tf.sum(dy as tf.Tensor, axes);
+    const sumDyCentred = () => tf.sum(tf.mul(dy as tf.Tensor, tf.sub(x, mean)), axes);
+    return {
+      x: () => tf.mul(dy as tf.Tensor, g()),
+      mean: () => tf.neg(tf.mul(sumDy(), g())),
+      variance: () => tf.mul(tf.mul(sumDyCentred(), g()), tf.mul(-0.5, tf.square(inv()))),
+      scale: () => tf.mul(sumDyCentred(), inv()),
+      offset: sumDy,
+    };
+  },
+};
+
+interface Conv2DLayer {
+  dataFormat: string;
+  padding: string;
+  strides: [number, number];
+  dilationRate: [number, number];
+  kernel: { read(): tf.Tensor4D };
+  bias: { read(): tf.Tensor1D } | null | undefined;
+  activation: { apply(x: tf.Tensor): tf.Tensor };
+}
+type ConvCall = (this: Conv2DLayer, inputs: tf.Tensor | tf.Tensor[], kwargs: Record<string, unknown>) => tf.Tensor;
+
+const conv2dPrototype = Object.getPrototypeOf(tf.layers.conv2d({ filters: 1, kernelSize: 1 })) as { call: ConvCall };
+const plainConv2dCall = conv2dPrototype.call;
+
+/**
+ * tfjs-layers runs Conv2D as tf.fused.conv2d, whose custom gradient computes the input AND the
+ * filter gradient whether the backward pass needs them or not. The masker step differentiates
+ * through f' to its input only, so that wasted a Conv2DBackpropFilter per classifier convolution
+ * (and the classifier step an input gradient of the stem). tf.conv2d's registered gradient
+ * computes only what the tape asks for; forward, the kernels are the ones tfjs-node's
+ * FusedConv2D runs (convolution, bias add, activation).
+ */
+const lazyGradConv2dCall: ConvCall = function (inputs, kwargs) {
+  if (this.dataFormat !== 'channelsLast' || this.padding === 'causal' || nativeBackend() === null) {
+    return plainConv2dCall.call(this, inputs, kwargs);
+  }
+  return tf.tidy(() => {
+    const x = (Array.isArray(inputs) ? inputs[0] : inputs) as tf.Tensor4D;
+    const conv = tf.conv2d(x, this.kernel.read(), this.strides, this.padding as 'same' | 'valid', 'NHWC', this.dilationRate);
+    return this.activation.apply(this.bias == null ? conv : tf.add(conv, this.bias.read()));
+  });
+};
+
 let fused = false;
 
-/** Routes training-mode BatchNorm and the ReLU gradient through the fused kernels (native engine only). */
+/**
+ * Routes training-mode BatchNorm and the ReLU gradient through the fused kernels, Conv2D layers
+ * through tf.conv2d and inference-mode batchNorm through lazy gradients; native engine only.
+ */
 export function setFusedTraining(on: boolean): void {
   fused = on;
   bnPrototype.call = on ? fusedBatchNormCall : plainBatchNormCall;
+  conv2dPrototype.call = on ? lazyGradConv2dCall : plainConv2dCall;
   tf.registerGradient(on ? nativeReluGrad : plainReluGrad);
+  tf.registerGradient(on ? lazyBatchNormGrad : plainBatchNormGrad);
 }
 
 export function fusedTraining(): boolean {
   return fused && nativeBackend() !== null;
+}
+
+/** The training path in words, for the engine's log line and the bench's header. */
+export function trainingPath(): string {
+  return fusedTraining()
+    ? 'fused TensorFlow kernels (BatchNorm, ReluGrad), gradients only where needed (Conv2D, inference BatchNorm)'
+    : 'tfjs composed ops';
 }

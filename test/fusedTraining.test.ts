@@ -105,3 +105,65 @@ test('a CASM iteration with the fused path: losses and updated weights as the pl
   assert.ok(worst < 1e-3, `classifier weights after one iteration: max relative error ${worst}`);
   assert.ok(worstD < 1e-4, `decoder weights after one iteration: max relative error ${worstD}`);
 });
+
+/** Kernel names and counts of fn's run. */
+async function kernelCounts(fn: () => void): Promise<Map<string, number>> {
+  const counts = new Map<string, number>();
+  for (const k of (await tf.profile(fn)).kernels) counts.set(k.name, (counts.get(k.name) ?? 0) + 1);
+  return counts;
+}
+
+test('convolutions compute only the gradients the backward pass needs, with the same values', async () => {
+  const model = buildResNet(ARCH, 'classifier', 4);
+  const convs = model.layers.filter((l) => l.getClassName() === 'Conv2D').length;
+  // The masker step: d(loss)/d(input) through f' in both modes, no weight gradient wanted.
+  const inputGrad = (training: boolean) => tf.grad((img: tf.Tensor) => tf.sum(tf.square((model.apply(img, { training }) as tf.Tensor[])[5]!)))(x);
+  const initial = model.getWeights().map((w) => w.clone());
+  const run = async (on: boolean) => {
+    setFusedTraining(on);
+    model.setWeights(initial); // training-mode passes move the BN statistics the inference pass uses
+    const dx = [true, false].map((training) => inputGrad(training).dataSync() as Float32Array);
+    const masker = await kernelCounts(() => tf.dispose([inputGrad(true), inputGrad(false)]));
+    const classifier = await kernelCounts(() => void pass(model));
+    setFusedTraining(false);
+    return { dx, masker, classifier };
+  };
+  const [plain, fused] = [await run(false), await run(true)];
+  for (const i of [0, 1]) assert.ok(relErr(fused.dx[i]!, plain.dx[i]!) < 1e-4, `input gradient (training ${i === 0}): ${relErr(fused.dx[i]!, plain.dx[i]!)}`);
+  if (native) {
+    assert.equal(plain.masker.get('Conv2DBackpropFilter'), 2 * convs, 'tfjs-layers computes filter gradients nobody asked for');
+    assert.equal(fused.masker.get('Conv2DBackpropFilter') ?? 0, 0);
+    assert.equal(fused.masker.get('Conv2DBackpropInput'), 2 * convs);
+    assert.equal(plain.classifier.get('Conv2DBackpropInput'), convs, "and the stem's input gradient");
+    assert.equal(fused.classifier.get('Conv2DBackpropInput'), convs - 1);
+    assert.equal(fused.classifier.get('Conv2DBackpropFilter'), convs);
+    assert.equal(fused.masker.get('Tile') ?? 0, 0, 'no full-size Tile in the inference BatchNorm gradient');
+  } else {
+    assert.deepEqual(fused.masker, plain.masker, 'on the pure-JS backend the switch changes nothing');
+  }
+  model.dispose();
+  tf.dispose(initial);
+});
+
+test("inference-mode batchNorm: each input's gradient as tfjs's own", () => {
+  const c = 6;
+  const xs = tf.randomNormal([2, 3, 4, c], 1, 2, 'float32', 5) as tf.Tensor4D;
+  const stats = [tf.randomNormal([c], 0, 1, 'float32', 6), tf.randomUniform([c], 0.5, 2, 'float32', 7), tf.randomNormal([c], 1, 0.3, 'float32', 8), tf.randomNormal([c], 0, 1, 'float32', 9)];
+  const w = tf.randomNormal(xs.shape, 0, 1, 'float32', 10);
+  const f = (a: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) =>
+    tf.sum(tf.mul(tf.batchNorm(a as tf.Tensor4D, mean as tf.Tensor1D, variance as tf.Tensor1D, offset as tf.Tensor1D, scale as tf.Tensor1D, 1e-3), w));
+  const grads = (on: boolean) => {
+    setFusedTraining(on);
+    const g = tf.grads(f)([xs, ...stats]).map((t) => t.dataSync() as Float32Array);
+    setFusedTraining(false);
+    return g;
+  };
+  const [plain, fused] = [grads(false), grads(true)];
+  ['x', 'mean', 'variance', 'scale', 'offset'].forEach((name, i) => {
+    const e = relErr(fused[i]!, plain[i]!);
+    assert.ok(e < 1e-5, `d/d${name}: ${e}`);
+    if (!native) assert.equal(e, 0);
+  });
+  assert.ok(plain.every((g) => g.some((v) => v !== 0)), 'every gradient is non-trivial');
+  tf.dispose([xs, ...stats, w]);
+});
