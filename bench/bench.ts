@@ -1,10 +1,13 @@
 /**
- * npm run bench [-- --batch 16 --size 224 --steps 3 --warmup 1 --depths 3,4,6,3 --backend tensorflow]
+ * npm run bench [-- --batch 16 --size 224 --steps 3 --warmup 3 --rounds 2 --depths 3,4,6,3 --backend tensorflow]
  * One CASM iteration (thinning L100, entropy score) of ResNet-50 at 224 on our engine next to the
  * independent PyTorch implementation of the same iteration (bench/reference/casm_iteration.py,
  * installed by `bash scripts/setup-bench.sh`), plus the plain classifier step and the masker
  * forward; img/s, peak RSS and the ours / PyTorch ratio. Each mode runs in its own process (ours
  * and PyTorch's alike), so a peak RSS belongs to that mode alone. Writes bench/results.md.
+ * Both engines get faster over their first iterations (allocators settling), hence 3 warm-up
+ * calls. This machine's speed drifts by up to 10% between minutes, so ours and PyTorch's runs of a
+ * mode alternate, `rounds` times, and the ratio is taken of the medians.
  * Not a test: nothing here asserts a speed; take figures on an idle machine (the load average is
  * printed next to them).
  */
@@ -30,7 +33,7 @@ interface Result {
   peak_rss_mb: number;
 }
 
-const bench = await setupBench('bench', { batch: 16, warmup: 1 });
+const bench = await setupBench('bench', { batch: 16, warmup: 3 });
 const { trainer, arch, batch, size, steps, warmup } = bench;
 
 if (bench.mode !== undefined) {
@@ -55,36 +58,63 @@ if (bench.mode !== undefined) {
 
 const args = process.argv.slice(2);
 const load0 = loadavg()[0];
-const ours: Partial<Record<Mode, Result>> = {};
-for (const mode of Object.keys(MODES) as Mode[]) {
+const python = join(REPO_ROOT, '.venv-bench', 'bin', 'python');
+const hasReference = existsSync(python);
+if (!hasReference) console.log(`pytorch reference: not installed (${python} missing): bash scripts/setup-bench.sh`);
+
+/** One mode of ours in a child process. */
+function runOurs(mode: Mode): Result {
   const out = execFileSync(process.execPath, [process.argv[1]!, ...args, '--mode', mode], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
   const line = out.split('\n').find((l) => l.startsWith('RESULT '));
   if (!line) throw new Error(`bench: mode ${mode} printed no result`);
-  ours[mode] = JSON.parse(line.slice(7)) as Result;
-  console.log(`ours    ${MODES[mode]}: ${ours[mode]!.img_per_s.toFixed(3)} img/s (${ours[mode]!.ms_per_iteration.toFixed(0)} ms/iteration), peak RSS ${ours[mode]!.peak_rss_mb.toFixed(0)} MB`);
+  return JSON.parse(line.slice(7)) as Result;
 }
 
-// The PyTorch reference, same shapes and counts.
-const python = join(REPO_ROOT, '.venv-bench', 'bin', 'python');
-let reference: { environment: { torch: string; threads: number }; results: Record<Mode, Result> } | null = null;
-if (existsSync(python)) {
-  const refArgs = ['--json', '--batch', String(batch), '--size', String(size), '--steps', String(steps), '--warmup', String(warmup), '--depths', arch.depths.join(','), '--width', String(arch.width)];
-  reference = JSON.parse(execFileSync(python, [join(REPO_ROOT, 'bench', 'reference', 'casm_iteration.py'), ...refArgs], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }));
+/** One mode of the PyTorch reference (its own child process), same shapes and counts. */
+function runReference(mode: Mode): { environment: { torch: string; threads: number }; result: Result } {
+  const refArgs = ['--json', '--mode', mode, '--batch', String(batch), '--size', String(size), '--steps', String(steps), '--warmup', String(warmup), '--depths', arch.depths.join(','), '--width', String(arch.width)];
+  const out = JSON.parse(execFileSync(python, [join(REPO_ROOT, 'bench', 'reference', 'casm_iteration.py'), ...refArgs], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }));
+  return { environment: out.environment, result: out.results[mode] };
+}
+
+const runs = Object.fromEntries((Object.keys(MODES) as Mode[]).map((m) => [m, { ours: [] as Result[], ref: [] as Result[] }])) as Record<Mode, { ours: Result[]; ref: Result[] }>;
+let torch: { torch: string; threads: number } | null = null;
+const show = (who: string, round: number, mode: Mode, r: Result) =>
+  console.log(`round ${round} ${who} ${MODES[mode]}: ${r.img_per_s.toFixed(3)} img/s (${r.ms_per_iteration.toFixed(0)} ms/iteration), peak RSS ${r.peak_rss_mb.toFixed(0)} MB`);
+for (let round = 1; round <= bench.rounds; round++) {
   for (const mode of Object.keys(MODES) as Mode[]) {
-    const r = reference!.results[mode];
-    console.log(`pytorch ${MODES[mode]}: ${r.img_per_s.toFixed(3)} img/s (${r.ms_per_iteration.toFixed(0)} ms/iteration), peak RSS ${r.peak_rss_mb.toFixed(0)} MB`);
+    runs[mode].ours.push(runOurs(mode));
+    show('ours   ', round, mode, runs[mode].ours.at(-1)!);
+    if (!hasReference) continue;
+    const ref = runReference(mode);
+    torch = ref.environment;
+    runs[mode].ref.push(ref.result);
+    show('pytorch', round, mode, ref.result);
   }
-} else {
-  console.log(`pytorch reference: not installed (${python} missing): bash scripts/setup-bench.sh`);
 }
 const load1 = loadavg()[0];
-const ratio = (m: Mode) => (reference ? ours[m]!.img_per_s / reference.results[m].img_per_s : null);
-console.log(`ratio ours / PyTorch (img/s): CASM iteration ${ratio('casm')?.toFixed(2) ?? 'n/a'}, plain step ${ratio('plain')?.toFixed(2) ?? 'n/a'}, masker forward ${ratio('masker_forward')?.toFixed(2) ?? 'n/a'}; load ${load0.toFixed(1)} -> ${load1.toFixed(1)}`);
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : (s[(s.length - 1) >> 1]! + s[s.length >> 1]!) / 2;
+};
+const speed = (rs: Result[]) => median(rs.map((r) => r.img_per_s));
+const peak = (rs: Result[]) => Math.max(...rs.map((r) => r.peak_rss_mb));
+const ratio = (m: Mode) => (hasReference ? speed(runs[m].ours) / speed(runs[m].ref) : null);
+/** The ratio of each round's pair, lowest to highest. */
+const spread = (m: Mode) => {
+  const rs = runs[m].ours.map((o, i) => o.img_per_s / runs[m].ref[i]!.img_per_s);
+  return hasReference ? `${Math.min(...rs).toFixed(2)}-${Math.max(...rs).toFixed(2)}` : 'n/a';
+};
+console.log(
+  `ratio ours / PyTorch (medians of ${bench.rounds} rounds): CASM iteration ${ratio('casm')?.toFixed(2) ?? 'n/a'} (rounds ${spread('casm')}), ` +
+    `plain step ${ratio('plain')?.toFixed(2) ?? 'n/a'}, masker forward ${ratio('masker_forward')?.toFixed(2) ?? 'n/a'}; load ${load0.toFixed(1)} -> ${load1.toFixed(1)}`,
+);
 
 const row = (m: Mode) => {
-  const o = ours[m]!;
-  const r = reference?.results[m];
-  return `| ${MODES[m]} | ${o.img_per_s.toFixed(3)} | ${r ? r.img_per_s.toFixed(3) : 'n/a'} | ${ratio(m)?.toFixed(2) ?? 'n/a'} | ${o.peak_rss_mb.toFixed(0)} | ${r ? r.peak_rss_mb.toFixed(0) : 'n/a'} |`;
+  const { ours, ref } = runs[m];
+  const r = hasReference ? { speed: speed(ref).toFixed(3), rss: peak(ref).toFixed(0) } : { speed: 'n/a', rss: 'n/a' };
+  return `| ${MODES[m]} | ${speed(ours).toFixed(3)} | ${r.speed} | ${ratio(m)?.toFixed(2) ?? 'n/a'} | ${spread(m)} | ${peak(ours).toFixed(0)} | ${r.rss} |`;
 };
 // The latest run replaces the top of bench/results.md; its hand-written part from '## History' on stays.
 const resultsPath = join(REPO_ROOT, 'bench', 'results.md');
@@ -98,11 +128,12 @@ writeFileSync(
     `- command: \`npm run bench${args.length ? ` -- ${args.join(' ')}` : ''}\` (written by bench/bench.ts, ${new Date().toISOString()})`,
     `- machine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores; load average ${load0.toFixed(1)} before, ${load1.toFixed(1)} after`,
     `- ours: backend ${bench.engine.backend}${bench.engine.tensorflowVersion ? `, libtensorflow ${bench.engine.tensorflowVersion}` : ''}, tfjs ${tf.version.tfjs}, Node ${process.version}; training: ${trainingPath()}`,
-    `- PyTorch: ${reference ? `torch ${reference.environment.torch}, ${reference.environment.threads} threads` : 'not installed (bash scripts/setup-bench.sh)'}`,
-    `- ResNet depths [${arch.depths}] width ${arch.width} at ${size} px, batch ${batch}, ${warmup} warm-up + ${steps} timed calls; each mode in its own process`,
+    `- PyTorch: ${torch ? `torch ${torch.torch}, ${torch.threads} threads` : 'not installed (bash scripts/setup-bench.sh)'}`,
+    `- ResNet depths [${arch.depths}] width ${arch.width} at ${size} px, batch ${batch}, ${warmup} warm-up + ${steps} timed calls; each mode in its own process; ` +
+      `${bench.rounds} rounds, ours and PyTorch alternating; img/s are medians over the rounds, peak RSS the highest`,
     '',
-    '| what | ours img/s | PyTorch img/s | ratio | ours peak RSS MB | PyTorch peak RSS MB |',
-    '|---|---|---|---|---|---|',
+    '| what | ours img/s | PyTorch img/s | ratio | ratio per round | ours peak RSS MB | PyTorch peak RSS MB |',
+    '|---|---|---|---|---|---|---|',
     ...(Object.keys(MODES) as Mode[]).map(row),
   ].join('\n') + '\n' + history,
 );

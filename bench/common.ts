@@ -21,6 +21,7 @@ export interface Bench {
   steps: number;
   warmup: number;
   mode: string | undefined;
+  rounds: number;
 }
 
 export async function setupBench(name: string, defaults: { batch: number; warmup: number }): Promise<Bench> {
@@ -34,8 +35,10 @@ export async function setupBench(name: string, defaults: { batch: number; warmup
       warmup: { type: 'string', default: String(defaults.warmup) },
       depths: { type: 'string', default: RESNET50.depths.join(',') },
       width: { type: 'string', default: String(RESNET50.width) },
-      // bench.ts: run one mode in this process (its children), else all modes and the reference.
+      // bench.ts: run one mode in this process (its children), else all modes and the reference,
+      // interleaved over `rounds` rounds.
       mode: { type: 'string' },
+      rounds: { type: 'string', default: '2' },
     },
   });
   const size = Number(values.size);
@@ -50,6 +53,7 @@ export async function setupBench(name: string, defaults: { batch: number; warmup
     steps: Number(values.steps),
     warmup: Number(values.warmup),
     mode: values.mode,
+    rounds: Number(values.rounds),
   };
   // f' as the reference's default (--choice alternate): the current classifier on even iterations,
   // the snapshot on odd ones, so both engines time the same mix (the pool's own draw is random).

@@ -122,7 +122,7 @@ test('convolutions compute only the gradients the backward pass needs, with the 
   const run = async (on: boolean) => {
     setFusedTraining(on);
     model.setWeights(initial); // training-mode passes move the BN statistics the inference pass uses
-    const dx = [true, false].map((training) => inputGrad(training).dataSync() as Float32Array);
+    const dx = [true, false].map((training) => tf.tidy(() => inputGrad(training).dataSync() as Float32Array));
     const masker = await kernelCounts(() => tf.dispose([inputGrad(true), inputGrad(false)]));
     const classifier = await kernelCounts(() => void pass(model));
     setFusedTraining(false);
@@ -154,7 +154,7 @@ test("inference-mode batchNorm: each input's gradient as tfjs's own", () => {
     tf.sum(tf.mul(tf.batchNorm(a as tf.Tensor4D, mean as tf.Tensor1D, variance as tf.Tensor1D, offset as tf.Tensor1D, scale as tf.Tensor1D, 1e-3), w));
   const grads = (on: boolean) => {
     setFusedTraining(on);
-    const g = tf.grads(f)([xs, ...stats]).map((t) => t.dataSync() as Float32Array);
+    const g = tf.tidy(() => tf.grads(f)([xs, ...stats]).map((t) => t.dataSync() as Float32Array));
     setFusedTraining(false);
     return g;
   };

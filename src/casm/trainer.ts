@@ -278,14 +278,16 @@ export class CasmTrainer {
     tf.tidy(() => {
       const wd = this.config.optim.weightDecay;
       const names = variables(weights).map((v) => v.name);
-      let scale: tf.Scalar | number = 1;
+      // Without clipping, no rescaling pass over the gradients (25M of them for ResNet-50).
+      let scale: tf.Scalar | null = null;
       if (clip > 0) {
         const norm = tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(grads[n])))));
         scale = tf.minimum(1, tf.div(clip, tf.add(norm, 1e-6))) as tf.Scalar;
       }
       const update: tf.NamedTensorMap = {};
       names.forEach((n, i) => {
-        update[n] = tf.add(tf.mul(grads[n], scale), tf.mul(wd, weights[i].read()));
+        const g = scale === null ? grads[n]! : tf.mul(grads[n]!, scale);
+        update[n] = tf.add(g, tf.mul(wd, weights[i].read()));
       });
       opt.applyGradients(update);
     });
