@@ -103,8 +103,9 @@ const peak = (rs: Result[]) => Math.max(...rs.map((r) => r.peak_rss_mb));
 const ratio = (m: Mode) => (hasReference ? speed(runs[m].ours) / speed(runs[m].ref) : null);
 /** The ratio of each round's pair, lowest to highest. */
 const spread = (m: Mode) => {
+  if (!hasReference) return 'n/a';
   const rs = runs[m].ours.map((o, i) => o.img_per_s / runs[m].ref[i]!.img_per_s);
-  return hasReference ? `${Math.min(...rs).toFixed(2)}-${Math.max(...rs).toFixed(2)}` : 'n/a';
+  return `${Math.min(...rs).toFixed(2)}-${Math.max(...rs).toFixed(2)}`;
 };
 console.log(
   `ratio ours / PyTorch (medians of ${bench.rounds} rounds): CASM iteration ${ratio('casm')?.toFixed(2) ?? 'n/a'} (rounds ${spread('casm')}), ` +
