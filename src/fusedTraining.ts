@@ -139,8 +139,7 @@ const plainBatchNormGrad = tf.getGradient('FusedBatchNorm')!;
  * y = (x - mean) * g + offset, g = scale / sqrt(variance + eps).
  */
 const lazyBatchNormGrad: tf.GradConfig = {
-  kernelName: 'FusedBatchNorm',
-  inputsToSave: ['x', 'mean', 'variance', 'scale'],
+  ...plainBatchNormGrad, // kernel name and saved inputs as tfjs's
   gradFunc: (dy, saved, attrs) => {
     const [x, mean, variance, scale] = saved as [tf.Tensor, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D | undefined];
     if (mean.rank !== 1 || nativeBackend() === null) return plainBatchNormGrad.gradFunc(dy, saved, attrs);
