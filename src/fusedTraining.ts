@@ -7,11 +7,14 @@
  * - tfjs computes some gradients nobody asked for: both of a Conv2D layer's (input and filter),
  *   and the full-size intermediates of an inference-mode batchNorm's. Here each input's gradient
  *   is computed only when the backward pass needs it.
- * `setFusedTraining(true)` switches all of it on; off (or on the pure-JS backend) everything runs
- * as tfjs writes it. Numerics: same formulas, float32 rounding differs (test/fusedTraining.test.ts
+ * - tfjs keeps every saved tensor and intermediate gradient until a backward pass ends; the
+ *   backward pass of src/backprop.ts frees them as it goes (any backend).
+ * `setFusedTraining(true)` switches all of it on; off (or, but for the backward pass, on the pure-JS
+ * backend) everything runs as tfjs writes it. Numerics: same formulas, float32 rounding differs (test/fusedTraining.test.ts
  * compares the gradients of both paths).
  */
 import * as tf from '@tensorflow/tfjs';
+import { setReleasingBackprop } from './backprop.js';
 
 interface TfeAttr {
   name: string;
@@ -196,7 +199,8 @@ let fused = false;
 
 /**
  * Routes training-mode BatchNorm and the ReLU gradient through the fused kernels, Conv2D layers
- * through tf.conv2d and inference-mode batchNorm through lazy gradients; native engine only.
+ * through tf.conv2d and inference-mode batchNorm through lazy gradients (native engine only), and
+ * gradients through the backward pass that frees as it goes.
  */
 export function setFusedTraining(on: boolean): void {
   fused = on;
@@ -204,6 +208,7 @@ export function setFusedTraining(on: boolean): void {
   conv2dPrototype.call = on ? lazyGradConv2dCall : plainConv2dCall;
   tf.registerGradient(on ? nativeReluGrad : plainReluGrad);
   tf.registerGradient(on ? lazyBatchNormGrad : plainBatchNormGrad);
+  setReleasingBackprop(on);
 }
 
 export function fusedTraining(): boolean {
@@ -212,7 +217,8 @@ export function fusedTraining(): boolean {
 
 /** The training path in words, for the engine's log line and the bench's header. */
 export function trainingPath(): string {
+  if (!fused) return 'tfjs composed ops';
   return fusedTraining()
-    ? 'fused TensorFlow kernels (BatchNorm, ReluGrad), gradients only where needed (Conv2D, inference BatchNorm)'
-    : 'tfjs composed ops';
+    ? 'fused TensorFlow kernels (BatchNorm, ReluGrad), gradients only where needed (Conv2D, inference BatchNorm), backward pass freeing as it goes'
+    : 'tfjs composed ops, backward pass freeing as it goes';
 }
