@@ -7,6 +7,7 @@
  * - tfjs computes some gradients nobody asked for: both of a Conv2D layer's (input and filter),
  *   and the full-size intermediates of an inference-mode batchNorm's. Here each input's gradient
  *   is computed only when the backward pass needs it.
+ * - tfjs saves tensors some gradients never read: an Add layer's two inputs, for their shapes.
  * - tfjs keeps every saved tensor and intermediate gradient until a backward pass ends; the
  *   backward pass of src/backprop.ts frees them as it goes (any backend).
  * `setFusedTraining(true)` switches all of it on; off (or, but for the backward pass, on the pure-JS
@@ -195,17 +196,42 @@ const lazyGradConv2dCall: ConvCall = function (inputs, kwargs) {
   });
 };
 
+type Merge = (this: unknown, inputs: tf.Tensor[]) => tf.Tensor;
+
+const addPrototype = Object.getPrototypeOf(tf.layers.add({})) as { mergeFunction: Merge };
+const plainAddMerge = addPrototype.mergeFunction;
+
+/** a + b of one shape, saving nothing: the gradient is dy for both (a distinct tensor each). */
+const sumOfTwo = tf.customGrad((a, b) => ({
+  value: tf.add(a as tf.Tensor, b as tf.Tensor),
+  gradFunc: (dy: tf.Tensor) => [dy, tf.clone(dy)],
+}));
+
+/**
+ * tfjs's Add gradient saves both inputs, for their shapes alone. At a residual join one of them
+ * (the last BatchNorm's output, or the projection shortcut's) is saved by nothing else, so each
+ * training forward pass of ResNet-50 kept 20 full-size tensors alive until its backward pass.
+ */
+const savingNothingAddMerge: Merge = function (inputs) {
+  if (nativeBackend() === null || !inputs.every((t) => tf.util.arraysEqual(t.shape, inputs[0]!.shape))) {
+    return plainAddMerge.call(this, inputs);
+  }
+  return inputs.slice(1).reduce((sum, t) => sumOfTwo(sum, t), inputs[0]!);
+};
+
 let fused = false;
 
 /**
  * Routes training-mode BatchNorm and the ReLU gradient through the fused kernels, Conv2D layers
- * through tf.conv2d and inference-mode batchNorm through lazy gradients (native engine only), and
- * gradients through the backward pass that frees as it goes.
+ * through tf.conv2d, inference-mode batchNorm through lazy gradients and Add layers through a sum
+ * that saves nothing (native engine only), and gradients through the backward pass that frees as
+ * it goes.
  */
 export function setFusedTraining(on: boolean): void {
   fused = on;
   bnPrototype.call = on ? fusedBatchNormCall : plainBatchNormCall;
   conv2dPrototype.call = on ? lazyGradConv2dCall : plainConv2dCall;
+  addPrototype.mergeFunction = on ? savingNothingAddMerge : plainAddMerge;
   tf.registerGradient(on ? nativeReluGrad : plainReluGrad);
   tf.registerGradient(on ? lazyBatchNormGrad : plainBatchNormGrad);
   setReleasingBackprop(on);
@@ -219,6 +245,6 @@ export function fusedTraining(): boolean {
 export function trainingPath(): string {
   if (!fused) return 'tfjs composed ops';
   return fusedTraining()
-    ? 'fused TensorFlow kernels (BatchNorm, ReluGrad), gradients only where needed (Conv2D, inference BatchNorm), backward pass freeing as it goes'
+    ? 'fused TensorFlow kernels (BatchNorm, ReluGrad), gradients only where needed (Conv2D, inference BatchNorm), nothing saved for Add, backward pass freeing as it goes'
     : 'tfjs composed ops, backward pass freeing as it goes';
 }

@@ -167,3 +167,35 @@ test("inference-mode batchNorm: each input's gradient as tfjs's own", () => {
   assert.ok(plain.every((g) => g.some((v) => v !== 0)), 'every gradient is non-trivial');
   tf.dispose([xs, ...stats, w]);
 });
+
+test('Add layers hold nothing for their gradient: the same gradients, two tensors fewer into the backward pass', () => {
+  const add = tf.layers.add();
+  const [a, b] = [tf.randomNormal([2, 8, 8, 16], 0, 1, 'float32', 7), tf.randomNormal([2, 8, 8, 16], 0, 1, 'float32', 8)];
+  const bytes = a.size * 4;
+  // Bytes held when the backward pass starts (the probe's gradient runs first), beyond those before.
+  let held = 0;
+  let base = 0;
+  const probe = tf.customGrad((t) => ({
+    value: tf.mul(t as tf.Tensor, 1),
+    gradFunc: (dy: tf.Tensor) => {
+      held = tf.memory().numBytes - base;
+      return tf.mul(dy, 1);
+    },
+  }));
+  const run = (on: boolean) => {
+    setFusedTraining(on);
+    base = tf.memory().numBytes;
+    // The Add layer's inputs are intermediates (2a, 3b), as a residual join's are.
+    const grads = tf.grads((p: tf.Tensor, q: tf.Tensor) => probe(tf.sum(add.apply([tf.mul(p, 2), tf.mul(q, 3)]) as tf.Tensor)))([a, b]);
+    const out = grads.map((g) => g.dataSync() as Float32Array);
+    tf.dispose(grads);
+    setFusedTraining(false);
+    return { held, out };
+  };
+  const [plain, fused] = [run(false), run(true)];
+  assert.deepEqual(fused.out, plain.out);
+  assert.ok(plain.out[0]!.every((v) => v === 2) && plain.out[1]!.every((v) => v === 3), 'd/da = 2, d/db = 3');
+  if (native) assert.equal(plain.held - fused.held, 2 * bytes, `held ${plain.held} bytes plain, ${fused.held} fused`);
+  else assert.equal(fused.held, plain.held);
+  tf.dispose([a, b]);
+});
