@@ -10,6 +10,7 @@ import * as tf from '@tensorflow/tfjs';
 import { releasingBackprop, setReleasingBackprop } from '../src/backprop.js';
 import { buildResNet } from '../src/models/resnet.js';
 import { useTestBackend } from './helpers/backend.js';
+import { memoryProbe } from './helpers/memoryProbe.js';
 
 await useTestBackend();
 
@@ -56,27 +57,18 @@ test('peak memory of a deep chain: constant with the releasing pass, growing wit
   const n = 64;
   const size = 4096; // floats: 16 KiB a tensor
   const x = tf.randomUniform([size], -1, 1, 'float32', 9);
-  // An op at the bottom of the chain that measures, during the backward pass, the bytes held
-  // beyond those held before the call: saved inputs and gradients of the n ops above it.
-  let held = 0;
-  let base = 0;
-  const probe = tf.customGrad((t) => ({
-    value: tf.mul(t as tf.Tensor, 1),
-    gradFunc: (dy: tf.Tensor) => {
-      held = tf.memory().numBytes - base;
-      return tf.mul(dy, 1);
-    },
-  }));
+  // At the bottom of the chain: what is still held of the saved inputs and gradients of the n ops above it.
+  const probe = memoryProbe();
   const peak = (on: boolean) =>
     withReleasing(on, () => {
-      base = tf.memory().numBytes;
+      probe.start();
       const g = tf.grad((v: tf.Tensor) => {
-        let h = probe(v);
+        let h = probe.op(v);
         for (let i = 0; i < n; i++) h = tf.sin(h); // Sin saves its input for cos(x) * dy
         return tf.sum(h);
       })(x);
       g.dispose();
-      return held / (4 * size);
+      return probe.held() / (4 * size);
     });
   const [stock, ours] = [peak(false), peak(true)];
   // tfjs: n saved inputs plus n + 1 gradients; here: a few tensors whatever n is.

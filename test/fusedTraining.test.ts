@@ -12,6 +12,7 @@ import { CasmTrainer } from '../src/casm/trainer.js';
 import { fusedTraining, setFusedTraining } from '../src/fusedTraining.js';
 import { buildResNet } from '../src/models/resnet.js';
 import { useTestBackend } from './helpers/backend.js';
+import { memoryProbe } from './helpers/memoryProbe.js';
 
 const backend = await useTestBackend();
 const native = backend === 'tensorflow';
@@ -172,25 +173,17 @@ test('Add layers hold nothing for their gradient: the same gradients, two tensor
   const add = tf.layers.add();
   const [a, b] = [tf.randomNormal([2, 8, 8, 16], 0, 1, 'float32', 7), tf.randomNormal([2, 8, 8, 16], 0, 1, 'float32', 8)];
   const bytes = a.size * 4;
-  // Bytes held when the backward pass starts (the probe's gradient runs first), beyond those before.
-  let held = 0;
-  let base = 0;
-  const probe = tf.customGrad((t) => ({
-    value: tf.mul(t as tf.Tensor, 1),
-    gradFunc: (dy: tf.Tensor) => {
-      held = tf.memory().numBytes - base;
-      return tf.mul(dy, 1);
-    },
-  }));
+  // At the loss: what the forward pass leaves for the backward pass.
+  const probe = memoryProbe();
   const run = (on: boolean) => {
     setFusedTraining(on);
-    base = tf.memory().numBytes;
+    probe.start();
     // The Add layer's inputs are intermediates (2a, 3b), as a residual join's are.
-    const grads = tf.grads((p: tf.Tensor, q: tf.Tensor) => probe(tf.sum(add.apply([tf.mul(p, 2), tf.mul(q, 3)]) as tf.Tensor)))([a, b]);
+    const grads = tf.grads((p: tf.Tensor, q: tf.Tensor) => probe.op(tf.sum(add.apply([tf.mul(p, 2), tf.mul(q, 3)]) as tf.Tensor)))([a, b]);
     const out = grads.map((g) => g.dataSync() as Float32Array);
     tf.dispose(grads);
     setFusedTraining(false);
-    return { held, out };
+    return { held: probe.held(), out };
   };
   const [plain, fused] = [run(false), run(true)];
   assert.deepEqual(fused.out, plain.out);
