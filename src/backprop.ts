@@ -144,14 +144,11 @@ function releasingGradients(this: EngineInternals, f: () => tf.Tensor, xs: tf.Te
   });
 }
 
-let releasing = false;
-
 /** Switches Engine.gradients (tf.grad, tf.variableGrads, optimisers) between this and tfjs's own. */
 export function setReleasingBackprop(on: boolean): void {
-  releasing = on;
   engine.gradients = on ? releasingGradients : stockGradients;
 }
 
 export function releasingBackprop(): boolean {
-  return releasing;
+  return engine.gradients === releasingGradients;
 }

@@ -10,9 +10,9 @@
  * - tfjs saves tensors some gradients never read: an Add layer's two inputs, for their shapes.
  * - tfjs keeps every saved tensor and intermediate gradient until a backward pass ends; the
  *   backward pass of src/backprop.ts frees them as it goes (any backend).
- * `setFusedTraining(true)` switches all of it on; off (or, but for the backward pass, on the pure-JS
- * backend) everything runs as tfjs writes it. Numerics: same formulas, float32 rounding differs (test/fusedTraining.test.ts
- * compares the gradients of both paths).
+ * `setFusedTraining(true)` switches all of it on; off (or, but for the backward pass, on the
+ * pure-JS backend) everything runs as tfjs writes it. Numerics: same formulas, float32 rounding
+ * differs (test/fusedTraining.test.ts compares the gradients of both paths).
  */
 import * as tf from '@tensorflow/tfjs';
 import { setReleasingBackprop } from './backprop.js';
