@@ -117,6 +117,26 @@ test('continuous F1: max over boxes (F1) and mean (F1a), hand-derived', () => {
   assert.throws(() => f1Scores(f1Mask(), 4, 4, []), /without ground-truth boxes/);
 });
 
+test('continuous F1 with fractional box edges: pixel coverage, hand-derived', () => {
+  // 4x4 mask, m(x, y) = 1 for x <= 1 (the left half), else 0: sum(m) = 8.
+  const m = new Float32Array(16);
+  for (let y = 0; y < 4; y++) for (let x = 0; x < 2; x++) m[y * 4 + x] = 1;
+  // Box [0.5, 1.25, 2.5, 3.75] (a box mapped through a resize): columns 0 and 1 are covered 0.5
+  // and 1 wide, rows 1..3 are covered 0.75, 1, 0.75 high. sum(m gt) = (0.5 + 1) * (0.75 + 1 + 0.75)
+  // = 3.75; |gt| = 2 * 2.5 = 5. P = 3.75 / 8, R = 3.75 / 5, F1 = 2PR / (P + R) = 7.5 / 13.
+  const f = f1Scores(m, 4, 4, [[0.5, 1.25, 2.5, 3.75]]);
+  assert.ok(Number.isFinite(f.max), `F1 ${f.max}`);
+  assert.ok(Math.abs(f.max - 7.5 / 13) < 1e-12, `F1 ${f.max}, expected ${7.5 / 13}`);
+  // Clipped at the border: [-0.5, 3.5, 1.5, 9] keeps [0, 3.5, 1.5, 4]: inside = 1.5 * 0.5 = 0.75 =
+  // |gt|, so R = 1, P = 0.75 / 8, F1 = 2P / (P + 1) = 1.5 / 8.75.
+  assert.ok(Math.abs(f1Scores(m, 4, 4, [[-0.5, 3.5, 1.5, 9]]).max - 1.5 / 8.75) < 1e-12);
+  // A box inside one pixel: [1.2, 0.2, 1.7, 0.6]: inside = 0.5 * 0.4 = |gt|, R = 1, P = 0.2 / 8.
+  const p = 0.2 / 8;
+  assert.ok(Math.abs(f1Scores(m, 4, 4, [[1.2, 0.2, 1.7, 0.6]]).max - (2 * p) / (p + 1)) < 1e-12);
+  // Integer edges give the plain 0/1 box, as before.
+  assert.ok(Math.abs(f1Scores(m, 4, 4, [[0, 0, 2, 4]]).max - 1) < 1e-12);
+});
+
 test('mask statistics: area, binary entropy in bits, total variation per pixel', () => {
   const s = maskStats(new Float32Array([0, 1, 0.5, 0.5]), 2, 2);
   assert.equal(s.area, 0.5);

@@ -114,7 +114,11 @@ export function localizationError(predicted: (Box | null)[], truth: Box[][]): nu
 /**
  * Continuous F1 of a mask against each ground-truth box (spec section 4): P = sum(m gt) / sum(m),
  * R = sum(m gt) / |gt|, F1 = 2PR / (P + R). `max` over the boxes is the spec's F1, `mean` is F1a.
- * Boxes are clipped to the image; a box with no pixel left scores 0.
+ *
+ * Pixel coverage: pixel (x, y) is the unit square [x, x+1) x [y, y+1), and gt is the share of that
+ * square the box covers, so a box with fractional edges (any box mapped through a resize and crop)
+ * weighs its border pixels by their covered area and |gt| is the box's area. With integer edges
+ * this is the plain 0/1 box. Boxes are clipped to the image; a box with no area left scores 0.
  */
 export function f1Scores(mask: Float32Array, h: number, w: number, truth: Box[]): { max: number; mean: number } {
   if (truth.length === 0) throw new Error('F1 of an image without ground-truth boxes');
@@ -123,9 +127,13 @@ export function f1Scores(mask: Float32Array, h: number, w: number, truth: Box[])
   const scores = truth.map(([x0, y0, x1, y1]) => {
     const [cx0, cy0, cx1, cy1] = [Math.max(0, x0), Math.max(0, y0), Math.min(w, x1), Math.min(h, y1)];
     const size = Math.max(0, cx1 - cx0) * Math.max(0, cy1 - cy0);
+    if (size === 0) return 0;
     let inside = 0;
-    for (let y = cy0; y < cy1; y++) for (let x = cx0; x < cx1; x++) inside += mask[y * w + x];
-    if (size === 0 || inside === 0) return 0;
+    for (let y = Math.floor(cy0); y < Math.ceil(cy1); y++) {
+      const cy = Math.min(y + 1, cy1) - Math.max(y, cy0);
+      for (let x = Math.floor(cx0); x < Math.ceil(cx1); x++) inside += mask[y * w + x] * cy * (Math.min(x + 1, cx1) - Math.max(x, cx0));
+    }
+    if (inside === 0) return 0;
     const p = inside / total;
     const r = inside / size;
     return (2 * p * r) / (p + r);
