@@ -15,7 +15,10 @@
 #                                     the libtensorflow inside the wheel from step 2.
 #   4. test oracles                   scripts/setup-oracles.sh: torch + torchvision, which the tests
 #                                     compare our ResNet with (Debian's packages, else pip).
-#   5. npm run build                  tsc -> dist/
+#   5. photo sources                  scripts/fetch-photo-sources.sh: the real photos of the
+#                                     photo-objects benchmark (Debian packages, unpacked into
+#                                     data/cache/photo-sources/; about 31 MB kept).
+#   6. npm run build                  tsc -> dist/
 #
 # If step 3 fails, the install still completes, with a big WARNING: casm-ts then runs on the
 # pure-JS 'cpu' backend of TensorFlow.js (correct, much slower). CASM_REQUIRE_NATIVE=1 makes that
@@ -59,7 +62,7 @@ command -v "$PYTHON" >/dev/null || fail "$PYTHON is not on PATH (Python 3.10-3.1
 info "node $(node --version), npm $(npm --version 2>/dev/null), $("$PYTHON" --version 2>&1), route: $([ "$GPU" = 1 ] && echo 'GPU (CUDA)' || echo CPU)"
 
 # ------------------------------------------------------------------ 1. node packages
-step "1/5 node packages (npm ci)"
+step "1/6 node packages (npm ci)"
 t=$SECONDS
 NPM_STAMP="$ROOT/node_modules/.casm-npm-stamp"
 NPM_KEY="$(sha package.json package-lock.json) node=$(node -p process.versions.modules) gpu=$GPU"
@@ -79,7 +82,7 @@ fi
 timed "npm" $((SECONDS - t))
 
 # ------------------------------------------------------------------ 2. python venv
-step "2/5 Python environment (.venv, requirements.txt)"
+step "2/6 Python environment (.venv, requirements.txt)"
 t=$SECONDS
 if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c '' 2>/dev/null; then
   info ".venv exists but its interpreter does not run (was its Python removed?): recreating it"
@@ -128,7 +131,7 @@ info "$("$VENV/bin/python" -m pip list 2>/dev/null | grep -i -E '^tensorflow([-_
 timed "python venv" $((SECONDS - t))
 
 # ------------------------------------------------------------------ 3. native engine
-step "3/5 native engine (tfjs-node binding on the wheel's libtensorflow)"
+step "3/6 native engine (tfjs-node binding on the wheel's libtensorflow)"
 t=$SECONDS
 ENGINE_OK=1
 CASM_GPU="$GPU" CASM_VENV="$VENV" bash "$ROOT/scripts/build-engine.sh" || ENGINE_OK=0
@@ -149,7 +152,7 @@ EOF
 fi
 
 # ------------------------------------------------------------------ 4. test oracles
-step "4/5 test oracles (torch + torchvision for the ResNet-50 oracle test)"
+step "4/6 test oracles (torch + torchvision for the ResNet-50 oracle test)"
 t=$SECONDS
 # Only the tests need them: training runs without. A failure here shows again as a failing test.
 CASM_VENV="$VENV" bash "$ROOT/scripts/setup-oracles.sh" ||
@@ -168,8 +171,16 @@ else
 fi
 timed "browser" $((SECONDS - t))
 
-# ------------------------------------------------------------------ 5. TypeScript
-step "5/5 TypeScript build (npm run build)"
+# ------------------------------------------------------------------ 5. photo sources
+step "5/6 photo sources (Debian packages for the photo-objects benchmark)"
+t=$SECONDS
+# The benchmark's tests and `node data/make-photo-objects.mjs` need them; training on digits does not.
+bash "$ROOT/scripts/fetch-photo-sources.sh" ||
+  echo "WARNING: the photo sources could not be fetched; the photo-objects tests will fail" >&2
+timed "photo sources" $((SECONDS - t))
+
+# ------------------------------------------------------------------ 6. TypeScript
+step "6/6 TypeScript build (npm run build)"
 t=$SECONDS
 npm run build --silent || fail "npm run build (tsc) failed"
 timed "tsc" $((SECONDS - t))
