@@ -15,7 +15,7 @@ import { runTraining } from './casm/train.js';
 import { BUILTIN_DATA, type DataPlan } from './casm/trainData.js';
 import { readSynsetList } from './data/imageFolder.js';
 import { formatInspect, inspectData, makeShards } from './data/dataCommand.js';
-import { parseClassRanges } from './data/dataset.js';
+import { parseClasses, parseClassRanges } from './data/dataset.js';
 import { resolveDataSpec } from './data/spec.js';
 import { writeFileAtomic } from './util/atomicWrite.js';
 import { resolveCheckpoint } from './checkpoints/checkpoint.js';
@@ -29,7 +29,7 @@ import { DIGITS_EVAL_COUNT, type EvalDataOptions } from './eval/evalData.js';
 import { BINARIZATIONS, type Binarization } from './eval/localization.js';
 import { evalClassifiers } from './eval/classifiersCommand.js';
 import { DEFAULT_RADIUS } from './eval/inpaint.js';
-import { evalLocalization } from './eval/localizationCommand.js';
+import { evalLocalization, TARGETS, type Target } from './eval/localizationCommand.js';
 import { runUnseen, TRAININGS } from './eval/unseen.js';
 import { DEFAULT_METHODS, EVAL_METHODS, EvalUsageError, parseEvalMethods, type EvalMethod } from './eval/methods.js';
 import type { Upsample } from './models/masker.js';
@@ -435,6 +435,13 @@ export function buildProgram(argv: string[] = []): Command {
     .description('LE, OM, F1, F1a and mask statistics of CASM and the baselines on validation images with boxes; report.json, report.md, le.png, examples.png')
     .option('--checkpoint <dir>', "a training run or checkpoint: its classifier (gradient methods, OM) and masker ('casm')")
     .option('--model <dir>', "an exported mask network ('casm export'): used for 'casm'")
+    .option('--compare <runs...>', "other CASM runs or checkpoints whose maskers are scored too, as 'casm-<thinning>' (e.g. the thinning F run)", [])
+    .option('--seen <classes>', "the classes the models were trained on (ranges like '0-9' or a file of indices or synsets): every figure for seen and unseen classes apart")
+    .addOption(
+      new Option('--target <class>', "what gradient methods explain: 'label', 'predicted' (top-1), or 'auto': the label on seen classes, the top-1 on unseen ones")
+        .choices(TARGETS)
+        .default('auto'),
+    )
     .addOption(
       new Option('--methods <list>', `comma-separated: ${[...EVAL_METHODS, 'all'].join(', ')}`)
         .argParser((v: string) => {
@@ -454,14 +461,24 @@ export function buildProgram(argv: string[] = []): Command {
     .option('--magnitude', 'SmoothGrad: average squared gradients', false)
     .option('--examples <n>', 'rows of examples.png', int(0), 8)
     .requiredOption('--out <dir>', 'directory for report.json, report.md and the figures')
-    .action(async (o: EvalCliOptions & { checkpoint?: string; model?: string; methods: EvalMethod[]; binarize: Binarization; alpha: number; layer?: string; samples: number; spread: number; magnitude: boolean; examples: number; out: string }) => {
+    .action(async (o: EvalCliOptions & { checkpoint?: string; model?: string; compare: string[]; seen?: string; target: Target; methods: EvalMethod[]; binarize: Binarization; alpha: number; layer?: string; samples: number; spread: number; magnitude: boolean; examples: number; out: string }) => {
       requirePaths({ '--checkpoint': o.checkpoint, '--model': o.model });
+      for (const run of o.compare) requirePaths({ '--compare': run });
+      let seen: number[] | undefined;
+      try {
+        if (o.seen !== undefined) seen = parseClasses(o.seen, o.synsets ? readSynsetList(o.synsets) : null, '--seen');
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
       const log = (line: string) => console.log(line);
       await initEngine(o.backend, log);
       await usage(() =>
         evalLocalization({
           ...(o.checkpoint ? { checkpoint: o.checkpoint } : {}),
           ...(o.model ? { model: o.model } : {}),
+          compare: o.compare,
+          ...(seen ? { seen } : {}),
+          target: o.target,
           data: evalDataOptions(o),
           methods: o.methods,
           binarization: o.binarize,

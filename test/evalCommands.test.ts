@@ -107,6 +107,43 @@ test('eval localization on held-out digits: full and centre as computed from the
   assert.equal((await casm('eval', 'localization', '--checkpoint', runDir, '--methods', 'casm,nope', '--out', join(root, 'x'))).code, 2);
 });
 
+test('eval localization --seen / --target / --compare: seen and unseen apart, targets per split, another run as casm-<thinning>', async () => {
+  const run = async (name: string, ...args: string[]) => {
+    const out = join(root, name);
+    const r = await casm('eval', 'localization', '--checkpoint', runDir, '--limit', '24', '--examples', '4', '--out', out, ...args);
+    assert.equal(r.code, 0, r.err);
+    return readJson<LocalizationReport>(join(out, 'report.json'));
+  };
+  const auto = await run('split-auto', '--seen', '0-4', '--methods', 'casm,vanilla,full', '--compare', runDir);
+  const { seen, unseen } = auto.bySplit!;
+  assert.ok(seen && unseen, 'digits 0-4 and 5-9 are both among 24 held-out digits');
+  assert.deepEqual(auto.bySplit!.seenClasses, [0, 1, 2, 3, 4]);
+  assert.equal(seen.images + unseen.images, auto.images.scored);
+  // The whole set's figures are the image-weighted mean of the two parts.
+  for (const m of ['casm', 'vanilla', 'full']) {
+    const whole = auto.methods[m]!;
+    close(whole.le * 24, seen.methods[m]!.le * seen.images + unseen.methods[m]!.le * unseen.images, 1e-9, `${m} LE`);
+    close(whole.f1 * 24, seen.methods[m]!.f1 * seen.images + unseen.methods[m]!.f1 * unseen.images, 1e-9, `${m} F1`);
+  }
+  // The same run compared with itself: casm-<its thinning> scores exactly like casm.
+  const thinning = readCheckpointState(resolveCheckpoint(runDir)).config.thinning;
+  assert.deepEqual(auto.methods[`casm-${thinning}`], auto.methods['casm']);
+  assert.match(readFileSync(join(root, 'split-auto', 'report.md'), 'utf8'), /## Seen classes \(\d+ images; classifier top-1 [\d.]+\)[\s\S]*## Unseen classes/);
+  // auto = the label on seen classes, the top-1 on unseen ones.
+  const label = await run('split-label', '--seen', '0-4', '--methods', 'vanilla', '--target', 'label');
+  const predicted = await run('split-predicted', '--seen', '0-4', '--methods', 'vanilla', '--target', 'predicted');
+  assert.deepEqual(seen.methods['vanilla'], label.bySplit!.seen!.methods['vanilla']);
+  assert.deepEqual(unseen.methods['vanilla'], predicted.bySplit!.unseen!.methods['vanilla']);
+  assert.match(auto.protocol.targets, /the label on seen classes, the top-1 class on unseen ones/);
+  // Bad input: synset names without a synset list; a reversed range.
+  const named = await casm('eval', 'localization', '--checkpoint', runDir, '--seen', join(root, 'split-auto', 'report.md'), '--out', join(root, 'x'));
+  assert.equal(named.code, 2);
+  assert.match(named.err, /names synsets, but the data set has no synset list \(give --synsets\)/);
+  const reversed = await casm('eval', 'localization', '--checkpoint', runDir, '--seen', '4-2', '--out', join(root, 'x'));
+  assert.equal(reversed.code, 2);
+  assert.match(reversed.err, /--seen: range 4-2 is reversed/);
+});
+
 /** 12 digit JPEGs in one tar, a synset list, and VOC XML boxes: 9 good, 2 missing, 1 of another class. */
 async function shardsWithBoxes(dir: string): Promise<{ spec: string; synsets: string; boxes: string }> {
   mkdirSync(join(dir, 'boxes'), { recursive: true });

@@ -76,9 +76,9 @@ export function parseClassRanges(text: string, where: string): number[] {
   return [...out].sort((a, b) => a - b);
 }
 
-/** --classes: a file (indices or synsets, one per line, `#` comments) or inline ranges. */
-export function parseClasses(arg: string, synsets: string[] | null): number[] {
-  if (!existsSync(arg)) return parseClassRanges(arg, '--classes');
+/** --classes (or `where`): a file (indices or synsets, one per line, `#` comments) or inline ranges. */
+export function parseClasses(arg: string, synsets: string[] | null, where = '--classes'): number[] {
+  if (!existsSync(arg)) return parseClassRanges(arg, where);
   const lines = readFileSync(arg, 'utf8')
     .split(/\r?\n/)
     .map((l) => l.replace(/#.*/, '').trim())

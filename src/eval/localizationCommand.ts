@@ -6,6 +6,9 @@
  *   report.md     the table people read
  *   le.png        localisation error per method (bar chart)
  *   examples.png  image | each method's mask, its box (red) and the ground truth (green)
+ * With `seen` (the classes the models were trained on) every figure is also reported for images
+ * of seen and of unseen classes apart; `compare` adds the maskers of other CASM runs (thinning F
+ * next to L100, say) as methods `casm-<thinning>`, scored on the same images in the same pass.
  */
 import * as tf from '@tensorflow/tfjs';
 import { denormalize } from '../data/normalize.js';
@@ -15,11 +18,23 @@ import { Progress } from '../log/progress.js';
 import { openEvalData, type EvalDataOptions } from './evalData.js';
 import { barChartPng, exampleGridPng, type ExampleRow } from './figures.js';
 import { LocalizationTally, type Binarization, type MethodResult } from './localization.js';
-import { buildMethods, loadModels, type EvalMethod } from './methods.js';
+import { buildMethods, EvalUsageError, loadModels, type EvalMethod, type MaskMethod, type Models } from './methods.js';
 import { markdownTable, provenance, writeReport, type Provenance } from './report.js';
+
+/**
+ * The class a gradient method explains: the label, the classifier's top-1, or (`auto`) the label
+ * on seen classes and the top-1 on unseen ones, whose logits were never trained and say nothing.
+ */
+export const TARGETS = ['auto', 'label', 'predicted'] as const;
+export type Target = (typeof TARGETS)[number];
 
 export interface LocalizationOptions {
   checkpoint?: string;
+  /** Other CASM runs whose maskers are scored too, as `casm-<thinning>`. */
+  compare?: string[];
+  /** Classes the models were trained on: figures for seen and unseen images apart. */
+  seen?: number[];
+  target?: Target;
   /** An exported mask network (`casm export`): used for 'casm' instead of the checkpoint's masker. */
   model?: string;
   data: Omit<EvalDataOptions, 'size' | 'onProblem'>;
@@ -46,7 +61,59 @@ export interface LocalizationReport {
   classifierTop1: number | null;
   problems: { count: number; byKind: Record<string, number>; first: string[] };
   methods: Record<string, MethodResult>;
+  /** With `seen`: the same figures on images of seen and of unseen classes (null: none of them). */
+  bySplit: { seenClasses: number[]; seen: SplitResult | null; unseen: SplitResult | null } | null;
   seconds: number;
+}
+
+export interface SplitResult {
+  images: number;
+  classifierTop1: number | null;
+  methods: Record<string, MethodResult>;
+}
+
+/** Figures of one set of images: a tally per method and the classifier's right answers. */
+class SplitTally {
+  readonly tallies: LocalizationTally[];
+  images = 0;
+  right = 0;
+  constructor(
+    readonly names: string[],
+    binarization: Binarization,
+    alpha: number,
+  ) {
+    this.tallies = names.map(() => new LocalizationTally(binarization, alpha));
+  }
+  result(hasClassifier: boolean): SplitResult | null {
+    if (this.images === 0) return null;
+    return {
+      images: this.images,
+      classifierTop1: hasClassifier ? this.right / this.images : null,
+      methods: Object.fromEntries(this.names.map((m, j) => [m, this.tallies[j]!.result()])),
+    };
+  }
+}
+
+/** The maskers of other CASM runs as methods `casm-<thinning>` (`casm-<thinning>-2` on a clash). */
+async function comparedMaskers(runs: string[], size: number, taken: string[]): Promise<{ models: Models[]; methods: MaskMethod[] }> {
+  const models: Models[] = [];
+  const methods: MaskMethod[] = [];
+  try {
+    for (const run of runs) {
+      const m = await loadModels(run, undefined);
+      models.push(m);
+      if (m.size !== size) throw new EvalUsageError(`--compare ${run}: input ${m.size}px differs from the evaluated models' ${size}px`);
+      const base = `casm-${m.checkpoint!.state.config.thinning}`;
+      let name = base;
+      for (let k = 2; taken.includes(name); k++) name = `${base}-${k}`;
+      taken.push(name);
+      methods.push({ ...buildMethods(['casm'], m, { samples: 1, spread: 0, magnitude: false, seed: 0 })[0]!, name });
+    }
+    return { models, methods };
+  } catch (e) {
+    for (const m of models) m.dispose();
+    throw e;
+  }
 }
 
 /** Per image: its label and whether each method hit (the unseen-class experiment splits these by class). */
@@ -66,44 +133,63 @@ export async function evalLocalization(o: LocalizationOptions): Promise<{ report
       if (printed++ < 20) o.log(`data: ${p.file}@${p.offset}: ${p.kind}: ${p.message}`);
     },
   });
+  const compared = { models: [] as Models[], methods: [] as MaskMethod[] };
   try {
-    const methods = buildMethods(o.methods, models, o.explainer);
-    const tallies = o.methods.map(() => new LocalizationTally(o.binarization, o.alpha));
-    const perImage: PerImage = { labels: [], hits: Object.fromEntries(o.methods.map((m) => [m, []])) };
+    const own = buildMethods(o.methods, models, o.explainer);
+    Object.assign(compared, await comparedMaskers(o.compare ?? [], models.size, [...o.methods]));
+    const methods = [...own, ...compared.methods];
+    const names = methods.map((m) => m.name);
+    const all = new SplitTally(names, o.binarization, o.alpha);
+    const seenSet = o.seen ? new Set(o.seen) : null;
+    const split = seenSet ? { seen: new SplitTally(names, o.binarization, o.alpha), unseen: new SplitTally(names, o.binarization, o.alpha) } : null;
+    const target = o.target ?? 'auto';
+    const perImage: PerImage = { labels: [], hits: Object.fromEntries(names.map((m) => [m, []])) };
     const examples: ExampleRow[] = [];
+    // Examples spread over the whole set (validation sets are often sorted by class).
+    const exampleEvery = Math.max(1, Math.floor(data.total / Math.max(1, o.examples)));
     let read = 0;
-    let right = 0;
     const progress = new Progress(Math.ceil(data.total / o.data.batchSize), 0, o.data.batchSize);
     o.log(
-      `eval localization: ${data.describe}; methods ${o.methods.join(', ')}; ` +
+      `eval localization: ${data.describe}; methods ${names.join(', ')}; ` +
         `${o.binarization === 'mean' ? `m >= ${o.alpha} * mean(m)` : 'top-k pixels'}, largest 4-connected component, IoU > 0.5` +
         (models.checkpoint ? `; checkpoint ${models.checkpoint.dir} (step ${models.checkpoint.state.step})` : '') +
-        (models.exported ? `; casm from ${models.exported.dir}` : ''),
+        (models.exported ? `; casm from ${models.exported.dir}` : '') +
+        (seenSet ? `; ${seenSet.size} seen classes, gradient targets: ${targetsText(target)}` : ''),
     );
     let batchNo = 0;
     for await (const b of data.batches()) {
+      const first = read;
       read += b.n;
       const boxed = b.boxes.map((bs, i) => (bs.length > 0 ? i : -1)).filter((i) => i >= 0);
       if (boxed.length > 0) {
         const x = tf.tensor4d(b.x, [b.n, b.size, b.size, 3]);
         try {
           const top1 = models.predict(x);
-          const masks = methods.map((m) => m.masks(x, b.labels));
+          const isSeen = (label: number) => seenSet === null || seenSet.has(label);
+          const targets = b.labels.map((l, i) => (top1 !== null && (target === 'predicted' || (target === 'auto' && !isSeen(l))) ? top1[i]! : l));
+          const masks = methods.map((m) => m.masks(x, targets));
           const hw = b.size * b.size;
-          const wantExamples = Math.min(boxed.length, o.examples - examples.length);
-          const pictures = wantExamples > 0 ? tf.tidy(() => imagesToRgb(denormalize(x))) : [];
-          for (const [k, i] of boxed.entries()) {
-            const correct = top1 === null ? null : top1[i] === b.labels[i];
-            right += correct ? 1 : 0;
-            perImage.labels.push(b.labels[i]!);
-            const cells = masks.map((all, j) => {
-              const mask = all.subarray(i * hw, (i + 1) * hw);
-              const { box, hit } = tallies[j]!.add(mask, b.size, b.size, b.boxes[i]!, correct);
-              perImage.hits[o.methods[j]!]!.push(hit);
+          const exampleAt = (i: number) => examples.length < o.examples && (first + i) % exampleEvery === 0;
+          const pictures = boxed.some(exampleAt) ? tf.tidy(() => imagesToRgb(denormalize(x))) : [];
+          for (const i of boxed) {
+            const label = b.labels[i]!;
+            const correct = top1 === null ? null : top1[i] === label;
+            const sets = [all, ...(split ? [isSeen(label) ? split.seen : split.unseen] : [])];
+            for (const t of sets) {
+              t.images++;
+              t.right += correct ? 1 : 0;
+            }
+            perImage.labels.push(label);
+            const cells = masks.map((every, j) => {
+              const mask = every.subarray(i * hw, (i + 1) * hw);
+              const { box, hit } = all.tallies[j]!.add(mask, b.size, b.size, b.boxes[i]!, correct);
+              if (split) (isSeen(label) ? split.seen : split.unseen).tallies[j]!.add(mask, b.size, b.size, b.boxes[i]!, correct);
+              perImage.hits[names[j]!]!.push(hit);
               return { mask, box };
             });
-            if (k < wantExamples) {
-              examples.push({ image: pictures[i]!, width: b.size, height: b.size, truth: b.boxes[i]!, title: `class ${b.labels[i]}`, cells });
+            if (exampleAt(i)) {
+              const title = `class ${label}${isSeen(label) ? '' : ' (unseen)'}${top1 === null ? '' : `, top-1 ${top1[i]}`}`;
+              examples.push({ image: pictures[i]!, width: b.size, height: b.size, truth: b.boxes[i]!, title, cells });
             }
           }
         } finally {
@@ -136,24 +222,32 @@ export async function evalLocalization(o: LocalizationOptions): Promise<{ report
         alpha: o.alpha,
         box: 'tight box of the largest 4-connected component',
         hit: 'IoU > 0.5 with any ground-truth box of the class',
-        targets: 'gradient methods explain the ground-truth class',
+        targets: `gradient methods explain ${seenSet ? targetsText(target) : target === 'predicted' ? 'the top-1 class' : 'the ground-truth class'}`,
       },
       images: { read, scored, withoutBoxes: read - scored },
-      classifierTop1: models.checkpoint ? right / scored : null,
+      classifierTop1: models.checkpoint ? all.right / scored : null,
       problems: { count: problems?.count ?? 0, byKind: { ...(problems?.byKind ?? {}) }, first: (problems?.format() ?? []).slice(0, 20) },
-      methods: Object.fromEntries(o.methods.map((m, j) => [m, tallies[j]!.result()])),
+      methods: all.result(models.checkpoint !== null)!.methods,
+      bySplit: split && {
+        seenClasses: [...seenSet!].sort((a, b) => a - b),
+        seen: split.seen.result(models.checkpoint !== null),
+        unseen: split.unseen.result(models.checkpoint !== null),
+      },
       seconds: (performance.now() - t0) / 1000,
     };
     if (report.images.withoutBoxes > 0) o.log(`${report.images.withoutBoxes} of ${read} images have no box of their class: not scored (see problems in report.json)`);
+    const parts = report.bySplit
+      ? (['seen', 'unseen'] as const).flatMap((k) => (report.bySplit![k] ? [{ name: `${k} classes (${report.bySplit![k]!.images})`, r: report.bySplit![k]!.methods }] : []))
+      : [{ name: 'LE', r: report.methods }];
     const le = await barChartPng({
       title: `Localisation error (${scored} images)`,
       yLabel: 'LE (lower is better)',
-      categories: o.methods,
-      series: [{ name: 'LE', values: o.methods.map((m) => report.methods[m]!.le) }],
+      categories: names,
+      series: parts.map((p) => ({ name: p.name, values: names.map((m) => p.r[m]!.le) })),
       yMax: 1,
     });
     const figures: Record<string, Buffer> = { 'le.png': le };
-    if (examples.length > 0) figures['examples.png'] = await exampleGridPng(examples, { methods: o.methods });
+    if (examples.length > 0) figures['examples.png'] = await exampleGridPng(examples, { methods: names });
     writeReport(o.out, report, localizationMarkdown(report), figures);
     o.log(`eval localization: ${scored} images scored in ${report.seconds.toFixed(1)} s -> ${o.out}/report.{json,md}, le.png, examples.png`);
     o.log(localizationTable(report).trimEnd());
@@ -161,11 +255,17 @@ export async function evalLocalization(o: LocalizationOptions): Promise<{ report
   } finally {
     await data.close();
     models.dispose();
+    for (const m of compared.models) m.dispose();
   }
 }
 
+function targetsText(target: Target): string {
+  if (target === 'auto') return 'the label on seen classes, the top-1 class on unseen ones';
+  return target === 'label' ? 'the ground-truth class' : 'the top-1 class';
+}
+
 /** The table of a localisation report: one row per method. */
-export function localizationTable(r: LocalizationReport): string {
+export function localizationTable(r: Pick<LocalizationReport, 'methods'>): string {
   return markdownTable(
     ['method', 'LE', 'OM', 'F1', 'F1a', 'area mean', 'area std', 'entropy (bits)', 'TV', 'no box'],
     Object.entries(r.methods).map(([name, m]) => [name, m.le, m.om, m.f1, m.f1a, m.area.mean, m.area.std, m.entropy, m.tv, String(m.noBox)]),
@@ -186,6 +286,14 @@ function localizationMarkdown(r: LocalizationReport): string {
     r.classifierTop1 === null ? '' : `- classifier top-1 on these images: ${r.classifierTop1.toFixed(3)}`,
     '',
     localizationTable(r),
+    ...(r.bySplit
+      ? (['seen', 'unseen'] as const).flatMap((k) => {
+          const part = r.bySplit![k];
+          if (part === null) return [`## ${k} classes`, '', 'none of the images.', ''];
+          const top1 = part.classifierTop1 === null ? '' : `; classifier top-1 ${part.classifierTop1.toFixed(3)}`;
+          return [`## ${k === 'seen' ? 'Seen' : 'Unseen'} classes (${part.images} images${top1})`, '', localizationTable(part)];
+        })
+      : []),
     'LE = 1 - hit rate; OM = 1 - hit and top-1 right; F1 = continuous F1 against the best box, F1a = mean over boxes;',
     'area = mean of the mask; entropy = mean binary entropy of mask pixels; TV = total variation per pixel.',
     '',

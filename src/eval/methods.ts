@@ -25,7 +25,8 @@ export const parseEvalMethods = (spec: string): EvalMethod[] => parseMethods(spe
 
 /** One method: masks of a batch (x normalised NHWC, labels) as n*h*w floats in [0, 1]. */
 export interface MaskMethod {
-  name: EvalMethod;
+  /** An EvalMethod, or a name of the evaluation's own (another run's masker). */
+  name: string;
   masks(x: tf.Tensor4D, labels: Int32Array): Float32Array;
 }
 
