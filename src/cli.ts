@@ -119,6 +119,8 @@ interface TrainOptions {
   thinning: Thinning;
   score: Score;
   lambdaR?: number;
+  lambdaTv: number;
+  lambdaIn: number;
   classifierStep: ClassifierStep;
   trainNoise: number;
   warmupSteps?: number;
@@ -151,6 +153,7 @@ export function trainConfigFrom(o: TrainOptions, classes: number): TrainConfig {
     thinning: o.thinning,
     score: o.score,
     lambdaR: o.lambdaR ?? defaultLambda(o.thinning, o.score, classes),
+    maskTerms: { tv: o.lambdaTv, maskedIn: o.lambdaIn },
     classifierStep: o.classifierStep,
     trainNoise: o.trainNoise,
     warmupSteps: o.warmupSteps ?? p.warmupSteps,
@@ -223,6 +226,8 @@ function withTrainOptions(cmd: Command): Command {
     .addOption(new Option('--thinning <strategy>', 'classifier pool strategy').choices(THINNINGS).default('L100'))
     .addOption(new Option('--score <score>', 'masker score').choices(SCORES).default('entropy'))
     .option('--lambda-r <x>', 'area penalty lambda_R (default: the preset of thinning and score, scaled by log(classes)/log(1000))', num(0))
+    .option('--lambda-tv <x>', 'weight of the masks\' total variation (mean squared neighbour difference); 0 = off, the paper', num(0), 0)
+    .option('--lambda-in <x>', "weight of the masked-in term CE(f'(m * x), y) on clean-correct images; 0 = off, the paper", num(0), 0)
     .addOption(
       new Option('--classifier-step <kind>', "classifier update: eq. 8 'joint' or the reference's 'two-step'")
         .choices(['joint', 'two-step'])

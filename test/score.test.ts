@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { classifierLoss, crossEntropy, defaultLambda, maskerLoss } from '../src/casm/score.js';
+import { classifierLoss, crossEntropy, defaultLambda, maskerLoss, totalVariation } from '../src/casm/score.js';
 import { useTestBackend } from './helpers/backend.js';
 
 before(async () => {
@@ -91,6 +91,47 @@ test('the area term reaches only gated images: dL/dm = lambda * g_b / (B * HW)',
     [per, per, per, per, 0, 0, 0, 0, 0, 0, 0, 0].map((v) => Number(v.toFixed(6))),
   );
   tf.dispose([y, z, c, m, grad]);
+});
+
+test('totalVariation: squared neighbour differences over H W, by hand', () => {
+  // 2x3 mask [[0, 1, 1], [0, 0.5, 1]]: horizontal differences 1, 0, 0.5, 0.5 -> squares 1 + 0 + 0.25
+  // + 0.25; vertical 0, -0.5, 0 -> 0.25. TV = 1.75 / 6. A constant mask has none.
+  const m = tf.tensor4d([0, 1, 1, 0, 0.5, 1, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3], [2, 2, 3, 1]);
+  const tv = totalVariation(m);
+  const [a, b] = Array.from(tv.dataSync());
+  close(a!, 1.75 / 6, 1e-7);
+  assert.equal(b, 0);
+  tf.dispose([m, tv]);
+});
+
+test('maskerLoss with the mask terms: + tv * mean TV + maskedIn * mean_b[c_b CE(masked-in)], by hand', () => {
+  const [lambda, wTv, wIn] = [7, 0.5, 2];
+  const y = tf.tensor1d(labels, 'int32');
+  const z = tf.tensor2d(maskedZ);
+  const c = tf.tensor1d(cleanCorrect);
+  const m = tf.tensor4d(masks.flat(), [3, 2, 2, 1]);
+  const inZ = [
+    [1.5, 0.2, 0.1],
+    [0.4, 0.3, 0.9],
+    [0.0, 0.0, 3.0],
+  ];
+  const zIn = tf.tensor2d(inZ);
+  const out = maskerLoss(z, y, c, m, lambda, 'entropy', { tv: wTv, maskedIn: wIn }, zIn);
+  const base = (-entropy(maskedZ[0]) - entropy(maskedZ[1])) / 3 + (lambda * 0.25) / 3;
+  // TV of the 2x2 masks [1,0,0,0]: (1 + 1) / 4; [1,1,0,0]: (0 + 1 + 1) / 4 vertical; all ones: 0.
+  const tv = (2 / 4 + 2 / 4 + 0) / 3;
+  // Masked-in cross-entropy on clean-correct images 0 and 1 (image 2 is wrong on the clean image).
+  const maskedIn = (ce(inZ[0], 0) + ce(inZ[1], 1)) / 3;
+  close(out.tv.dataSync()[0], tv);
+  close(out.maskedIn.dataSync()[0], maskedIn);
+  close(out.loss.dataSync()[0], base + wTv * tv + wIn * maskedIn);
+  // Weights 0 give the paper's loss exactly, whatever the logits.
+  const plain = maskerLoss(z, y, c, m, lambda, 'entropy');
+  const off = maskerLoss(z, y, c, m, lambda, 'entropy', { tv: 0, maskedIn: 0 }, zIn);
+  assert.equal(off.loss.dataSync()[0], plain.loss.dataSync()[0]);
+  close(plain.loss.dataSync()[0], base);
+  assert.throws(() => maskerLoss(z, y, c, m, lambda, 'entropy', { tv: 0, maskedIn: 1 }), /needs the masked-in logits/);
+  tf.dispose([y, z, c, m, zIn, ...Object.values(out), ...Object.values(plain), ...Object.values(off)]);
 });
 
 test('lambda presets per thinning and score (spec section 2), scaled by log(K)/log(1000)', () => {

@@ -118,8 +118,27 @@ test('a non-finite loss stops the iteration before any optimiser step, naming th
   tf.dispose([good.x, good.y, bad]);
 });
 
+test('mask terms: the masked-in pass moves the masker, not the classifier or its BatchNorm statistics', () => {
+  const run = (maskedIn: number) => {
+    const trainer = new CasmTrainer(tinyConfig({ thinning: 'L', maskTerms: { tv: 0.1, maskedIn } }));
+    const { x, y } = batch(5);
+    const s = trainer.iteration(x, y);
+    const out = { s, classifier: values(trainer.classifier), decoder: values(trainer.masker.decoder) };
+    trainer.dispose();
+    tf.dispose([x, y]);
+    return out;
+  };
+  const [off, on] = [run(0), run(1)];
+  assert.equal(off.s.maskedIn, 0);
+  assert.ok(on.s.maskedIn > 0 || on.s.accClean === 0, `masked-in CE ${on.s.maskedIn}`);
+  assert.ok(on.s.tv > 0 && Math.abs(on.s.tv - off.s.tv) < 1e-6, 'the same masks before the update');
+  // Every classifier weight, BN moving statistics included, as without the term.
+  on.classifier.forEach((w, i) => assert.equal(maxAbsDiff(w, off.classifier[i]!), 0, `classifier weight ${i}`));
+  if (on.s.accClean > 0) assert.ok(on.decoder.some((w, i) => maxAbsDiff(w, off.decoder[i]!) > 0), 'the term changed the masker update');
+});
+
 test('tf.memory().numTensors stays flat over 200 iterations', () => {
-  const trainer = new CasmTrainer(tinyConfig({ thinning: 'L100', trainNoise: 0.1 }));
+  const trainer = new CasmTrainer(tinyConfig({ thinning: 'L100', trainNoise: 0.1, maskTerms: { tv: 0.1, maskedIn: 1 } }));
   const { x, y } = batch(3);
   // Warm-up builds the optimiser slots and the snapshot model.
   for (let i = 0; i < 20; i++) trainer.iteration(x, y);

@@ -5,7 +5,7 @@
 import type { MaskerConfig } from '../models/masker.js';
 import { RESNET50, type ResNetConfig } from '../models/resnet.js';
 import type { Thinning } from './pool.js';
-import { defaultLambda, type Score } from './score.js';
+import { defaultLambda, NO_MASK_TERMS, type MaskTerms, type Score } from './score.js';
 
 export type ClassifierStep = 'joint' | 'two-step';
 
@@ -31,6 +31,8 @@ export interface TrainConfig {
   score: Score;
   /** lambda_R; the preset of (thinning, score, classes) unless given. */
   lambdaR: number;
+  /** Mask terms beyond the paper's objective (total variation, masked-in classification); 0 = off. */
+  maskTerms: MaskTerms;
   /** 'joint': eq. 8 in one step (default); 'two-step': the reference's clean then masked steps. */
   classifierStep: ClassifierStep;
   /** SmoothGrad-style input noise level s for the classifier's training inputs; 0 = off. */
@@ -69,6 +71,7 @@ export function defaultTrainConfig(overrides: Partial<TrainConfig> = {}): TrainC
     thinning,
     score,
     lambdaR: defaultLambda(thinning, score, arch.classes),
+    maskTerms: NO_MASK_TERMS,
     classifierStep: 'joint',
     trainNoise: 0,
     warmupSteps: 0,

@@ -30,11 +30,7 @@ export function defaultLambda(thinning: Thinning, score: Score, classes = 1000):
 
 /** Mean cross-entropy of integer labels under logits. */
 export function crossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D): tf.Scalar {
-  return tf.tidy(() => {
-    const logp = tf.logSoftmax(logits);
-    const picked = tf.sum(tf.mul(logp, tf.oneHot(labels, logits.shape[1])), 1);
-    return tf.neg(tf.mean(picked)) as tf.Scalar;
-  });
+  return tf.tidy(() => tf.mean(pickedCrossEntropy(tf.logSoftmax(logits), labels)) as tf.Scalar);
 }
 
 /** Classifier loss, paper eq. 8: the mean of the clean and the masked-out cross-entropies. */
@@ -47,6 +43,33 @@ export function correct(logits: tf.Tensor2D, labels: tf.Tensor1D): tf.Tensor1D {
   return tf.tidy(() => stopGradient(tf.cast(tf.equal(tf.argMax(logits, 1), tf.cast(labels, 'int32')), 'float32')) as tf.Tensor1D);
 }
 
+/**
+ * Mask terms of later CASM work, each weighted (0 = off: the paper's objective, the default).
+ * - `tv`: total variation, the mean squared difference of neighbouring mask pixels (Dabkowski &
+ *   Gal's smoothness term; lambda_tv of the saliency_investigation fork of casme). Scattered
+ *   blotches pay for their edges; one region over the object pays once.
+ * - `maskedIn`: the cross-entropy of f' on the masked-in image m * x, on images the classifier
+ *   gets right (the fork's mask-in objective, Dabkowski & Gal's preserver). Masking out rewards
+ *   hiding the few pixels that break the classifier; this rewards keeping every pixel it needs to
+ *   recognise the object, so the mask grows over the object rather than over its most telling part.
+ */
+export interface MaskTerms {
+  tv: number;
+  maskedIn: number;
+}
+
+export const NO_MASK_TERMS: MaskTerms = { tv: 0, maskedIn: 0 };
+
+/** Per image: (sum of squared vertical and horizontal neighbour differences) / (H W). */
+export function totalVariation(masks: tf.Tensor4D): tf.Tensor1D {
+  return tf.tidy(() => {
+    const [, h, w] = masks.shape;
+    const dy = tf.sub(tf.slice(masks, [0, 1, 0, 0], [-1, h - 1, -1, -1]), tf.slice(masks, [0, 0, 0, 0], [-1, h - 1, -1, -1]));
+    const dx = tf.sub(tf.slice(masks, [0, 0, 1, 0], [-1, -1, w - 1, -1]), tf.slice(masks, [0, 0, 0, 0], [-1, -1, w - 1, -1]));
+    return tf.div(tf.add(tf.sum(tf.square(dy), [1, 2, 3]), tf.sum(tf.square(dx), [1, 2, 3])), h * w) as tf.Tensor1D;
+  });
+}
+
 export interface MaskerLoss {
   loss: tf.Scalar;
   /** Mean entropy H(p) of the masked-out predictions over the batch. */
@@ -55,6 +78,10 @@ export interface MaskerLoss {
   area: tf.Tensor1D;
   /** Fraction of the batch under the area penalty (g_b = 1). */
   gated: tf.Scalar;
+  /** Mean total variation of the masks. */
+  tv: tf.Scalar;
+  /** mean_b[c_b * CE(f'(m_b * x_b), y_b)] (0 without masked-in logits). */
+  maskedIn: tf.Scalar;
 }
 
 /**
@@ -63,6 +90,7 @@ export interface MaskerLoss {
  * c_b: the clean image is classified correctly by the current classifier (`cleanCorrect`);
  * g_b = c_b * [the masked-out image is misclassified by the pool's classifier]: only images that
  * were "non-trivially confused" pay for their mask area (adaptive lambda, reference code).
+ * With `terms`: + tv * mean_b TV(m_b) + maskedIn * mean_b[c_b * CE(maskedInLogits_b, y_b)].
  */
 export function maskerLoss(
   maskedLogits: tf.Tensor2D,
@@ -71,15 +99,26 @@ export function maskerLoss(
   masks: tf.Tensor4D,
   lambda: number,
   score: Score,
+  terms: MaskTerms = NO_MASK_TERMS,
+  maskedInLogits: tf.Tensor2D | null = null,
 ): MaskerLoss {
   return tf.tidy(() => {
     const logp = tf.logSoftmax(maskedLogits);
     const entropyPerImage = tf.neg(tf.sum(tf.mul(tf.exp(logp), logp), 1));
-    const scorePerImage =
-      score === 'entropy' ? entropyPerImage : tf.neg(tf.sum(tf.mul(logp, tf.oneHot(labels, maskedLogits.shape[1])), 1));
+    const scorePerImage = score === 'entropy' ? entropyPerImage : pickedCrossEntropy(logp, labels);
     const gate = tf.mul(cleanCorrect, tf.sub(1, correct(maskedLogits, labels)));
     const area = tf.mean(masks, [1, 2, 3]) as tf.Tensor1D;
-    const loss = tf.add(tf.mean(tf.mul(cleanCorrect, tf.neg(scorePerImage))), tf.mul(lambda, tf.mean(tf.mul(gate, area))));
-    return { loss: loss as tf.Scalar, entropy: tf.mean(entropyPerImage) as tf.Scalar, area, gated: tf.mean(gate) as tf.Scalar };
+    let loss = tf.add(tf.mean(tf.mul(cleanCorrect, tf.neg(scorePerImage))), tf.mul(lambda, tf.mean(tf.mul(gate, area))));
+    const tv = tf.mean(totalVariation(masks)) as tf.Scalar;
+    if (terms.tv > 0) loss = tf.add(loss, tf.mul(terms.tv, tv));
+    if (terms.maskedIn > 0 && maskedInLogits === null) throw new Error('the masked-in term needs the masked-in logits');
+    const maskedIn = (maskedInLogits === null ? tf.scalar(0) : tf.mean(tf.mul(cleanCorrect, pickedCrossEntropy(tf.logSoftmax(maskedInLogits), labels)))) as tf.Scalar;
+    if (terms.maskedIn > 0) loss = tf.add(loss, tf.mul(terms.maskedIn, maskedIn));
+    return { loss: loss as tf.Scalar, entropy: tf.mean(entropyPerImage) as tf.Scalar, area, gated: tf.mean(gate) as tf.Scalar, tv, maskedIn };
   });
+}
+
+/** Per image: -log p(y) from log-probabilities. */
+function pickedCrossEntropy(logp: tf.Tensor2D, labels: tf.Tensor1D): tf.Tensor1D {
+  return tf.neg(tf.sum(tf.mul(logp, tf.oneHot(labels, logp.shape[1])), 1)) as tf.Tensor1D;
 }

@@ -128,7 +128,8 @@ function summary(s: StepStats, waitMs: number, data: TrainData): string {
   if (Number.isNaN(s.maskerLoss)) return `warm-up: cls ${s.classifierLoss.toFixed(3)} acc ${s.accClean.toFixed(2)}${io}`;
   return (
     `cls ${s.classifierLoss.toFixed(3)} acc ${s.accClean.toFixed(2)}/${s.accMasked.toFixed(2)} | ` +
-    `masker ${s.maskerLoss.toFixed(3)} H ${s.entropy.toFixed(2)} area ${s.areaMean.toFixed(3)} gated ${s.gated.toFixed(2)}${io}`
+    `masker ${s.maskerLoss.toFixed(3)} H ${s.entropy.toFixed(2)} area ${s.areaMean.toFixed(3)} gated ${s.gated.toFixed(2)} ` +
+    `tv ${s.tv.toFixed(4)}${s.maskedIn > 0 ? ` in-CE ${s.maskedIn.toFixed(3)}` : ''}${io}`
   );
 }
 
@@ -142,6 +143,8 @@ function writeScalars(tb: SummaryWriter, s: StepStats, rate: number): void {
     'masker/area_mean': s.areaMean,
     'masker/area_std': s.areaStd,
     'masker/gated_fraction': s.gated,
+    'masker/total_variation': s.tv,
+    'masker/masked_in_ce': s.maskedIn,
     'masker/lambda': s.lambda,
     'lr/classifier': s.lrClassifier,
     'lr/masker': s.lrMasker,

@@ -27,6 +27,10 @@ export interface StepStats {
   areaStd: number;
   /** Fraction of the batch under the area penalty (adaptive lambda). */
   gated: number;
+  /** Mean total variation of the masks. */
+  tv: number;
+  /** Masked-in cross-entropy on clean-correct images (0 when the term is off). */
+  maskedIn: number;
   lambda: number;
   lrClassifier: number;
   lrMasker: number;
@@ -92,6 +96,8 @@ export class CasmTrainer {
       areaMean: NaN,
       areaStd: NaN,
       gated: NaN,
+      tv: NaN,
+      maskedIn: NaN,
       lambda: this.config.lambdaR,
       lrClassifier: lr.classifier,
       lrMasker: lr.masker,
@@ -163,8 +169,11 @@ export class CasmTrainer {
           tf.variableGrads(() => {
             const m = this.masker.apply(x, features, true);
             const maskedLogits = scorer(maskedOut(m));
-            parts = maskerLoss(maskedLogits, y, cleanCorrect, m, cfg.lambdaR, cfg.score);
-            [parts.area, parts.entropy, parts.gated].forEach(keep);
+            // The masked-in pass leaves the classifier's BatchNorm statistics as they were.
+            const maskedInLogits =
+              cfg.maskTerms.maskedIn > 0 ? withFrozenStatistics([this.classifier], () => scorer(tf.mul(m, x) as tf.Tensor4D)) : null;
+            parts = maskerLoss(maskedLogits, y, cleanCorrect, m, cfg.lambdaR, cfg.score, cfg.maskTerms, maskedInLogits);
+            [parts.area, parts.entropy, parts.gated, parts.tv, parts.maskedIn].forEach(keep);
             maskedCorrect = keep(correct(maskedLogits, y));
             return parts.loss;
           }, variables(this.masker.trainableWeights)),
@@ -174,7 +183,7 @@ export class CasmTrainer {
 
         const [areaMean, areaVar] = [tf.mean(parts.area), tf.moments(parts.area).variance];
         const values = tf
-          .stack([clsLoss, mLoss, tf.mean(cleanCorrect), tf.mean(maskedCorrect), parts.entropy, areaMean, tf.sqrt(areaVar), parts.gated])
+          .stack([clsLoss, mLoss, tf.mean(cleanCorrect), tf.mean(maskedCorrect), parts.entropy, areaMean, tf.sqrt(areaVar), parts.gated, parts.tv, parts.maskedIn])
           .dataSync();
         this.step += 1;
         return {
@@ -187,6 +196,8 @@ export class CasmTrainer {
           areaMean: values[5],
           areaStd: values[6],
           gated: values[7],
+          tv: values[8],
+          maskedIn: values[9],
           lambda: cfg.lambdaR,
           lrClassifier: lr.classifier,
           lrMasker: lr.masker,

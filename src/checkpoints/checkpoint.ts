@@ -16,6 +16,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { architectureKey, type TrainConfig } from '../casm/config.js';
+import { NO_MASK_TERMS } from '../casm/score.js';
 import type { CasmTrainer } from '../casm/trainer.js';
 import { readSafetensors, writeSafetensors, type TensorToWrite as TensorEntry } from '../io/safetensors.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
@@ -137,6 +138,8 @@ export function readCheckpointState(dir: string): CheckpointState {
   if (state.version !== CHECKPOINT_VERSION) {
     throw new CheckpointError(`${path}: checkpoint format version ${state.version}, this build reads ${CHECKPOINT_VERSION}`);
   }
+  // Checkpoints from before the mask terms existed trained without them.
+  state.config.maskTerms ??= { ...NO_MASK_TERMS };
   for (const [file, hash] of Object.entries(state.files)) {
     const p = join(dir, file);
     if (!existsSync(p)) throw new CheckpointError(`${p}: missing from the checkpoint`);
