@@ -63,6 +63,8 @@ export interface ShardsPlan {
   shuffleBuffer: number;
   prefetchBatches: number;
   epochFraction: number;
+  /** RandomResizedCrop's area range (default 0.08-1). */
+  cropScale?: [number, number];
   pixelLimit?: number;
 }
 
@@ -175,13 +177,13 @@ async function shardsData(plan: ShardsPlan, o: OpenOptions): Promise<TrainData> 
   );
   if (samplesPerEpoch < o.batchSize) throw new Error(`${plan.train}: ${samplesPerEpoch} images per epoch are fewer than one batch of ${o.batchSize}`);
 
-  const loader = new DataLoader(train, { ...loaderOptions, preprocess: 'train' });
+  const loader = new DataLoader(train, { ...loaderOptions, preprocess: 'train', ...(plan.cropScale ? { cropScale: plan.cropScale } : {}) });
   const heldOut = await shardsHeldOut(plan, loaderOptions, o);
   let epoch = -1;
   let nextStep = -1;
   let batches: AsyncGenerator<HostBatch> | null = null;
   return {
-    describe: `${plan.train}, RandomResizedCrop ${o.size} + flip`,
+    describe: `${plan.train}, RandomResizedCrop ${o.size} (area ${(plan.cropScale ?? [0.08, 1]).join('-')}) + flip`,
     samplesPerEpoch,
     async next(step, stepsPerEpoch) {
       const e = Math.floor(step / stepsPerEpoch);

@@ -30,6 +30,8 @@ export interface LoaderOptions {
   preprocess: Preprocess;
   /** Output side in pixels. */
   size: number;
+  /** 'train': RandomResizedCrop's area range (default 0.08-1). */
+  cropScale?: [number, number];
   seed: number;
   /** Samples held for shuffling, split across the streams (0: shard order). */
   shuffleBuffer: number;
@@ -182,6 +184,7 @@ export class DataLoader {
         size: opts.size,
       };
       if (opts.pixelLimit !== undefined) plan.pixelLimit = opts.pixelLimit;
+      if (opts.cropScale !== undefined) plan.cropScale = opts.cropScale;
       if (opts.decodeAhead !== undefined) plan.decodeAhead = opts.decodeAhead;
       const worker = this.workers[w];
       return worker ? new WorkerStream(worker, gen, plan, credit, this.problems, `data worker ${w}`) : inlineStream(plan, ctx, this.problems);

@@ -30,6 +30,8 @@ export interface StreamPlan {
   skip: number;
   preprocess: Preprocess;
   size: number;
+  /** 'train': RandomResizedCrop's area range (default torchvision's 0.08-1). */
+  cropScale?: [number, number];
   pixelLimit?: number;
   /** Images decoded concurrently (sharp runs them on libuv threads). Default 2. */
   decodeAhead?: number;
@@ -63,10 +65,15 @@ export function streamShards(order: Shard[], w: number, n: number): Shard[] {
   return order.filter((_, i) => i % n === w);
 }
 
-export function transformOf(plan: Pick<StreamPlan, 'preprocess' | 'size' | 'seed' | 'epoch'>, key: string): TransformSpec {
+export function transformOf(plan: Pick<StreamPlan, 'preprocess' | 'size' | 'seed' | 'epoch' | 'cropScale'>, key: string): TransformSpec {
   switch (plan.preprocess) {
     case 'train':
-      return { kind: 'train', size: plan.size, rng: new Rng(seedFrom('crop', plan.seed, plan.epoch, key)) };
+      return {
+        kind: 'train',
+        size: plan.size,
+        rng: new Rng(seedFrom('crop', plan.seed, plan.epoch, key)),
+        ...(plan.cropScale ? { scale: plan.cropScale } : {}),
+      };
     case 'val':
       // Resize(256) + CenterCrop(224), the same proportion at other sizes.
       return { kind: 'val', resize: Math.round((plan.size * 256) / 224), crop: plan.size };
