@@ -21,30 +21,17 @@ import type { ClassifiersReport } from '../src/eval/classifiersCommand.js';
 import type { LocalizationReport } from '../src/eval/localizationCommand.js';
 import { classSplits, trainingClasses } from '../src/eval/unseen.js';
 import { useTestBackend } from './helpers/backend.js';
+import { inProcessCli } from './helpers/cli.js';
 import { digitJpeg, digitLabel } from './helpers/images.js';
 import { trainTinyRun } from './helpers/tinyRun.js';
 
 const backend = await useTestBackend();
-const { main } = await import('../src/cli.js');
+const casm = inProcessCli(backend);
 const root = mkdtempSync(join(tmpdir(), 'casm-eval-'));
 test.after(() => rmSync(root, { recursive: true, force: true }));
 const runDir = join(root, 'run');
 await trainTinyRun(runDir);
 
-/** Runs the CLI in-process; returns its exit code and what it printed. */
-async function casm(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const [log, error] = [console.log, console.error];
-  console.log = (...a: unknown[]) => void out.push(a.join(' '));
-  console.error = (...a: unknown[]) => void err.push(a.join(' '));
-  try {
-    const code = await main(['node', 'casm', ...args, '--backend', backend]);
-    return { code, out: out.join('\n'), err: err.join('\n') };
-  } finally {
-    [console.log, console.error] = [log, error];
-  }
-}
 
 const readJson = <T>(path: string): T => JSON.parse(readFileSync(path, 'utf8')) as T;
 const close = (a: number, b: number, tol: number, what: string) => assert.ok(Math.abs(a - b) <= tol, `${what}: ${a} vs ${b}`);

@@ -15,26 +15,15 @@ import { readCheckpointState, resolveCheckpoint } from '../src/checkpoints/check
 import { makePhotoObjects } from '../src/data/photoObjects.js';
 import type { LocalizationReport } from '../src/eval/localizationCommand.js';
 import { useTestBackend } from './helpers/backend.js';
+import { inProcessCli } from './helpers/cli.js';
 
 const backend = await useTestBackend();
-const { main, PRESETS } = await import('../src/cli.js');
+const { PRESETS } = await import('../src/cli.js');
+const casm = inProcessCli(backend);
 const repo = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const root = mkdtempSync(join(tmpdir(), 'casm-photo-recipe-'));
 test.after(() => rmSync(root, { recursive: true, force: true }));
 
-async function casm(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const [log, error] = [console.log, console.error];
-  console.log = (...a: unknown[]) => void out.push(a.join(' '));
-  console.error = (...a: unknown[]) => void err.push(a.join(' '));
-  try {
-    const code = await main(['node', 'casm', ...args, '--backend', backend]);
-    return { code, out: out.join('\n'), err: err.join('\n') };
-  } finally {
-    [console.log, console.error] = [log, error];
-  }
-}
 
 test('small-photos preset on photo objects: trained from shards, evaluated on seen and unseen classes', async () => {
   const set = join(root, 'set');
