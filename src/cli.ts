@@ -8,7 +8,7 @@ import { existsSync, realpathSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { defaultTrainConfig, DEFAULT_OPTIM, type ClassifierStep, type TrainConfig } from './casm/config.js';
+import { BN_STATISTICS, defaultTrainConfig, DEFAULT_OPTIM, type BnStatistics, type ClassifierStep, type TrainConfig } from './casm/config.js';
 import { THINNINGS, type Thinning } from './casm/pool.js';
 import { defaultLambda, SCORES, type Score } from './casm/score.js';
 import { runTraining } from './casm/train.js';
@@ -53,6 +53,7 @@ export interface Preset {
   lambdaIn: number;
   /** RandomResizedCrop's smallest area share (shards). */
   cropScale: number;
+  bnStatistics: BnStatistics;
 }
 
 export const PRESETS = {
@@ -73,6 +74,7 @@ export const PRESETS = {
     lambdaTv: 0,
     lambdaIn: 0,
     cropScale: 0.08,
+    bnStatistics: 'all',
   },
   /** Shards (ImageNet): the spec's ResNet-50, the reference schedule (section 2.5), the paper's objective. */
   imagenet: {
@@ -90,6 +92,7 @@ export const PRESETS = {
     lambdaTv: 0,
     lambdaIn: 0,
     cropScale: 0.08,
+    bnStatistics: 'all',
   },
   /**
    * Small real-photo sets trained from scratch (a few thousand images, 128 px, 2 cores, under an
@@ -112,6 +115,7 @@ export const PRESETS = {
     lambdaTv: 10,
     lambdaIn: 1,
     cropScale: 0.25,
+    bnStatistics: 'clean',
   },
 } satisfies Record<string, Preset>;
 export type PresetName = keyof typeof PRESETS;
@@ -177,6 +181,7 @@ interface TrainOptions {
   lambdaTv?: number;
   lambdaIn?: number;
   cropScale?: number;
+  bnStatistics?: BnStatistics;
   preset?: PresetName;
   classifierStep: ClassifierStep;
   trainNoise: number;
@@ -211,6 +216,7 @@ export function trainConfigFrom(o: TrainOptions, classes: number): TrainConfig {
     score: o.score,
     lambdaR: o.lambdaR ?? defaultLambda(o.thinning, o.score, classes),
     maskTerms: { tv: o.lambdaTv ?? p.lambdaTv, maskedIn: o.lambdaIn ?? p.lambdaIn },
+    bnStatistics: o.bnStatistics ?? p.bnStatistics,
     classifierStep: o.classifierStep,
     trainNoise: o.trainNoise,
     warmupSteps: o.warmupSteps ?? p.warmupSteps,
@@ -292,6 +298,9 @@ function withTrainOptions(cmd: Command): Command {
     .option('--lambda-r <x>', 'area penalty lambda_R (default: the preset of thinning and score, scaled by log(classes)/log(1000))', num(0))
     .option('--lambda-tv <x>', `weight of the masks' total variation (mean squared neighbour difference); 0 = off, the paper${presetHelp('lambdaTv')}`, num(0))
     .option('--lambda-in <x>', `weight of the masked-in term CE(f'(m * x), y) on clean-correct images; 0 = off, the paper${presetHelp('lambdaIn')}`, num(0))
+    .addOption(
+      new Option('--bn-statistics <images>', `what the classifier's BatchNorm moving statistics average: 'all' its training-mode inputs, masked-out ones too (the reference), or 'clean' images only${presetHelp('bnStatistics')}`).choices(BN_STATISTICS),
+    )
     .addOption(
       new Option('--classifier-step <kind>', "classifier update: eq. 8 'joint' or the reference's 'two-step'")
         .choices(['joint', 'two-step'])

@@ -137,6 +137,30 @@ test('mask terms: the masked-in pass moves the masker, not the classifier or its
   if (on.s.accClean > 0) assert.ok(on.decoder.some((w, i) => maxAbsDiff(w, off.decoder[i]!) > 0), 'the term changed the masker update');
 });
 
+test("bnStatistics 'clean': the classifier's moving statistics see the clean batch only, not the masked-out ones", () => {
+  const stats = (m: tf.LayersModel) => m.nonTrainableWeights.map((w) => Float32Array.from(w.read().dataSync()));
+  const { x, y } = batch(6);
+  // What one training-mode forward of the clean batch makes of a fresh classifier's statistics.
+  const cfg = tinyConfig({ thinning: 'L' });
+  const fresh = buildResNet(cfg.arch, 'classifier', cfg.seed * 10_000);
+  tf.tidy(() => void fresh.apply(x, { training: true }));
+  const expected = stats(fresh);
+  const after = (bnStatistics: 'all' | 'clean') => {
+    const trainer = new CasmTrainer({ ...cfg, bnStatistics });
+    trainer.iteration(x, y);
+    const out = { stats: stats(trainer.classifier), weights: trainable(trainer.classifier) };
+    trainer.dispose();
+    return out;
+  };
+  const [all, clean] = [after('all'), after('clean')];
+  clean.stats.forEach((s, i) => assert.ok(maxAbsDiff(s, expected[i]!) < 1e-6, `statistic ${i}: ${maxAbsDiff(s, expected[i]!)}`));
+  assert.ok(all.stats.some((s, i) => maxAbsDiff(s, expected[i]!) > 1e-4), "'all' averages the masked-out batches in too");
+  // Training-mode forwards normalise with the batch's own statistics: the update is the same.
+  clean.weights.forEach((w, i) => assert.ok(maxAbsDiff(w, all.weights[i]!) < 1e-6, `weight ${i}`));
+  fresh.dispose();
+  tf.dispose([x, y]);
+});
+
 test('tf.memory().numTensors stays flat over 200 iterations', () => {
   const trainer = new CasmTrainer(tinyConfig({ thinning: 'L100', trainNoise: 0.1, maskTerms: { tv: 0.1, maskedIn: 1 } }));
   const { x, y } = batch(3);

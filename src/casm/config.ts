@@ -8,6 +8,8 @@ import type { Thinning } from './pool.js';
 import { defaultLambda, NO_MASK_TERMS, type MaskTerms, type Score } from './score.js';
 
 export type ClassifierStep = 'joint' | 'two-step';
+export const BN_STATISTICS = ['all', 'clean'] as const;
+export type BnStatistics = (typeof BN_STATISTICS)[number];
 
 export interface OptimConfig {
   /** Classifier: SGD with momentum 0.9. */
@@ -33,6 +35,11 @@ export interface TrainConfig {
   lambdaR: number;
   /** Mask terms beyond the paper's objective (total variation, masked-in classification); 0 = off. */
   maskTerms: MaskTerms;
+  /**
+   * What the classifier's BatchNorm moving statistics average: 'all' the images it is trained on
+   * in training mode, masked-out ones too (the reference code), or 'clean' images only.
+   */
+  bnStatistics: BnStatistics;
   /** 'joint': eq. 8 in one step (default); 'two-step': the reference's clean then masked steps. */
   classifierStep: ClassifierStep;
   /** SmoothGrad-style input noise level s for the classifier's training inputs; 0 = off. */
@@ -72,6 +79,7 @@ export function defaultTrainConfig(overrides: Partial<TrainConfig> = {}): TrainC
     score,
     lambdaR: defaultLambda(thinning, score, arch.classes),
     maskTerms: NO_MASK_TERMS,
+    bnStatistics: 'all',
     classifierStep: 'joint',
     trainNoise: 0,
     warmupSteps: 0,

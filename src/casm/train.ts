@@ -74,7 +74,10 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   writeFileAtomic(join(opts.outDir, 'config.json'), JSON.stringify(config, null, 2));
   const tb = new SummaryWriter(join(opts.outDir, 'tb'));
   log(
-    `training ${config.thinning}/${config.score} lambda=${Number(config.lambdaR.toPrecision(4))} on ${data.describe}, ` +
+    `training ${config.thinning}/${config.score} lambda=${Number(config.lambdaR.toPrecision(4))}` +
+      (config.maskTerms.tv > 0 || config.maskTerms.maskedIn > 0 ? ` lambda_tv=${config.maskTerms.tv} lambda_in=${config.maskTerms.maskedIn}` : '') +
+      (config.bnStatistics === 'clean' ? ', classifier BatchNorm statistics of clean images' : '') +
+      `, ${config.warmupSteps} warm-up steps on ${data.describe}, ` +
       `batch ${config.batchSize}, ${stepsPerEpoch} steps/epoch, steps ${trainer.step}..${totalSteps}; logs: ${tb.logdir}`,
   );
 

@@ -140,8 +140,7 @@ export class CasmTrainer {
         } else if (cfg.classifierStep === 'joint') {
           clsLoss = this.classifierUpdate(() => {
             forward(true, this.noisy(x));
-            const maskedLogits = (this.classifier.apply(this.noisy(maskedOut(masks)), { training: true }) as tf.Tensor[])[5];
-            return classifierLoss(cleanLogits, maskedLogits as tf.Tensor2D, y);
+            return classifierLoss(cleanLogits, this.classifyMasked(this.noisy(maskedOut(masks))), y);
           });
         } else {
           // Reference code: a clean step, then a masked step only if the current classifier is f'.
@@ -150,9 +149,7 @@ export class CasmTrainer {
             return crossEntropy(cleanLogits, y);
           });
           if (choice.kind === 'current') {
-            this.classifierUpdate(() =>
-              crossEntropy((this.classifier.apply(this.noisy(maskedOut(masks)), { training: true }) as tf.Tensor[])[5] as tf.Tensor2D, y),
-            );
+            this.classifierUpdate(() => crossEntropy(this.classifyMasked(this.noisy(maskedOut(masks))), y));
           }
         }
         const cleanCorrect = correct(cleanLogits, y);
@@ -260,10 +257,20 @@ export class CasmTrainer {
   /** The function giving f' logits: the current classifier (training mode, as the reference) or a snapshot. */
   private scorer(choice: PoolChoice): (img: tf.Tensor4D) => tf.Tensor2D {
     if (choice.kind === 'current') {
-      return (img) => (this.classifier.apply(img, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D;
+      return (img) => this.classifyMasked(img);
     }
     const model = this.loadSnapshot(this.pool.snapshots[choice.index]);
     return (img) => (model.apply(img, { training: false }) as tf.Tensor[])[5] as tf.Tensor2D;
+  }
+
+  /**
+   * Logits of the current classifier (training mode) on a masked image. With bnStatistics 'clean'
+   * its BatchNorm moving statistics stay as they were: they then describe clean images only, the
+   * images it sees at inference, where the masker reads its features.
+   */
+  private classifyMasked(img: tf.Tensor4D): tf.Tensor2D {
+    const run = () => (this.classifier.apply(img, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D;
+    return this.config.bnStatistics === 'clean' ? withFrozenStatistics([this.classifier], run) : run();
   }
 
   private loadSnapshot(snapshot: Snapshot): tf.LayersModel {

@@ -138,8 +138,9 @@ export function readCheckpointState(dir: string): CheckpointState {
   if (state.version !== CHECKPOINT_VERSION) {
     throw new CheckpointError(`${path}: checkpoint format version ${state.version}, this build reads ${CHECKPOINT_VERSION}`);
   }
-  // Checkpoints from before the mask terms existed trained without them.
+  // Checkpoints from before these options existed trained without them.
   state.config.maskTerms ??= { ...NO_MASK_TERMS };
+  state.config.bnStatistics ??= 'all';
   for (const [file, hash] of Object.entries(state.files)) {
     const p = join(dir, file);
     if (!existsSync(p)) throw new CheckpointError(`${p}: missing from the checkpoint`);

@@ -46,6 +46,8 @@ export interface EvalData {
   total: number;
   /** Data problems met so far (shards), counted and listed. */
   problems: Problems | null;
+  /** Class index -> synset (name), when the data has a synset list. */
+  synsets: string[] | null;
   batches(): AsyncGenerator<EvalBatch>;
   close(): Promise<void>;
 }
@@ -60,6 +62,7 @@ export async function openEvalData(o: EvalDataOptions): Promise<EvalData> {
       describe: `${set.n} held-out cluttered digits ${o.size}px (MNIST test split, seed ${o.seed + 1})`,
       total: set.n,
       problems: null,
+      synsets: null,
       async *batches() {
         for (let start = 0; start < set.n; start += o.batchSize) {
           const indices = Array.from({ length: Math.min(o.batchSize, set.n - start) }, (_, i) => start + i);
@@ -95,6 +98,7 @@ export async function openEvalData(o: EvalDataOptions): Promise<EvalData> {
     total: Math.min(counted, o.limit ?? Infinity),
     describe: `${o.spec} (${ds.layout}, ${ds.shards.length} shards), ${o.preprocess === 'eval' ? 'short side + centre crop' : 'stretched'} to ${o.size}px`,
     problems: loader.problems,
+    synsets: ds.synsets,
     async *batches() {
       for await (const b of loader.batches(0, { dropLast: false, ...(o.limit !== undefined ? { limit: o.limit } : {}) })) {
         yield {

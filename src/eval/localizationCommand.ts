@@ -188,7 +188,8 @@ export async function evalLocalization(o: LocalizationOptions): Promise<{ report
               return { mask, box };
             });
             if (exampleAt(i)) {
-              const title = `class ${label}${isSeen(label) ? '' : ' (unseen)'}${top1 === null ? '' : `, top-1 ${top1[i]}`}`;
+              const name = (c: number) => data.synsets?.[c] ?? `class ${c}`;
+              const title = `${name(label)}${isSeen(label) ? '' : ' (unseen)'}${top1 === null ? '' : `, top-1 ${name(top1[i]!)}`}`;
               examples.push({ image: pictures[i]!, width: b.size, height: b.size, truth: b.boxes[i]!, title, cells });
             }
           }
