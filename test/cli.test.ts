@@ -20,12 +20,13 @@ test('casm train --help lists every option with its default', () => {
   const { code, out: raw } = casm('train', '--help');
   assert.equal(code, 0);
   const out = raw.replace(/\s+/g, ' '); // commander wraps lines to the terminal width
-  for (const flag of ['--thinning', '--score', '--lambda-r', '--train-noise', '--resume', '--classifier-weights', '--backend', '--no-share-encoder', '--upsample', '--warmup-steps', '--seed']) {
+  for (const flag of ['--thinning', '--score', '--lambda-r', '--train-noise', '--resume', '--classifier-weights', '--backend', '--no-share-encoder', '--upsample', '--warmup-steps', '--seed', '--preset', '--lambda-tv', '--lambda-in', '--bn-statistics', '--crop-scale']) {
     assert.ok(out.includes(flag), `help lacks ${flag}`);
   }
   assert.match(out, /--thinning <strategy> classifier pool strategy \(choices: "F", "L", "FL", "L100", "L1000", default: "L100"\)/);
   assert.match(out, /--backend <name> compute engine \(choices: "auto", "tensorflow", "tensorflow-gpu", "cpu", default: "auto"\)/);
-  assert.match(out, /--batch-size <n> images per iteration \(default: 32 for the digits, 128 for shards\)/);
+  assert.match(out, /--batch-size <n> images per iteration \(default: the preset's; digits 32, imagenet 128, small-photos 32\)/);
+  assert.match(out, /--preset <name> .*\(choices: "digits", "imagenet", "small-photos"\)/);
   assert.match(out, /--lambda-r <x> area penalty lambda_R \(default: the preset of thinning and score, scaled by log\(classes\)\/log\(1000\)\)/);
 });
 
