@@ -56,6 +56,9 @@ export interface Preset {
   bnStatistics: BnStatistics;
 }
 
+/** The paper's objective and the reference's augmentation and BatchNorm statistics. */
+const PAPER_TRAINING = { lambdaTv: 0, lambdaIn: 0, cropScale: 0.08, bnStatistics: 'all' } as const;
+
 export const PRESETS = {
   /** The built-in digits demo: a small ResNet on 64px canvases, sized to train in minutes on 2 cores. */
   digits: {
@@ -71,10 +74,7 @@ export const PRESETS = {
     classifierLr: 0.05,
     maskerLr: 1e-3,
     lrDecayEpochs: 20,
-    lambdaTv: 0,
-    lambdaIn: 0,
-    cropScale: 0.08,
-    bnStatistics: 'all',
+    ...PAPER_TRAINING,
   },
   /** Shards (ImageNet): the spec's ResNet-50, the reference schedule (section 2.5), the paper's objective. */
   imagenet: {
@@ -89,10 +89,7 @@ export const PRESETS = {
     classifierLr: 1e-3,
     maskerLr: 1e-3,
     lrDecayEpochs: 20,
-    lambdaTv: 0,
-    lambdaIn: 0,
-    cropScale: 0.08,
-    bnStatistics: 'all',
+    ...PAPER_TRAINING,
   },
   /**
    * Small real-photo sets trained from scratch (a few thousand images, 128 px, 2 cores, under an
