@@ -167,8 +167,7 @@ export class CasmTrainer {
             const m = this.masker.apply(x, features, true);
             const maskedLogits = scorer(maskedOut(m));
             // The masked-in pass leaves the classifier's BatchNorm statistics as they were.
-            const maskedInLogits =
-              cfg.maskTerms.maskedIn > 0 ? withFrozenStatistics([this.classifier], () => scorer(tf.mul(m, x) as tf.Tensor4D)) : null;
+            const maskedInLogits = cfg.maskTerms.maskedIn > 0 ? scorer(tf.mul(m, x) as tf.Tensor4D, true) : null;
             parts = maskerLoss(maskedLogits, y, cleanCorrect, m, cfg.lambdaR, cfg.score, cfg.maskTerms, maskedInLogits);
             [parts.area, parts.entropy, parts.gated, parts.tv, parts.maskedIn].forEach(keep);
             maskedCorrect = keep(correct(maskedLogits, y));
@@ -255,22 +254,23 @@ export class CasmTrainer {
   }
 
   /** The function giving f' logits: the current classifier (training mode, as the reference) or a snapshot. */
-  private scorer(choice: PoolChoice): (img: tf.Tensor4D) => tf.Tensor2D {
+  private scorer(choice: PoolChoice): (img: tf.Tensor4D, keepStatistics?: boolean) => tf.Tensor2D {
     if (choice.kind === 'current') {
-      return (img) => this.classifyMasked(img);
+      return (img, keepStatistics) => this.classifyMasked(img, keepStatistics);
     }
     const model = this.loadSnapshot(this.pool.snapshots[choice.index]);
     return (img) => (model.apply(img, { training: false }) as tf.Tensor[])[5] as tf.Tensor2D;
   }
 
   /**
-   * Logits of the current classifier (training mode) on a masked image. With bnStatistics 'clean'
-   * its BatchNorm moving statistics stay as they were: they then describe clean images only, the
-   * images it sees at inference, where the masker reads its features.
+   * Logits of the current classifier (training mode) on a masked image. `keepStatistics` (by
+   * default with bnStatistics 'clean') leaves its BatchNorm moving statistics as they were: they
+   * then describe clean images only, the images it sees at inference, where the masker reads its
+   * features.
    */
-  private classifyMasked(img: tf.Tensor4D): tf.Tensor2D {
+  private classifyMasked(img: tf.Tensor4D, keepStatistics = this.config.bnStatistics === 'clean'): tf.Tensor2D {
     const run = () => (this.classifier.apply(img, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D;
-    return this.config.bnStatistics === 'clean' ? withFrozenStatistics([this.classifier], run) : run();
+    return keepStatistics ? withFrozenStatistics([this.classifier], run) : run();
   }
 
   private loadSnapshot(snapshot: Snapshot): tf.LayersModel {
