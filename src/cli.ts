@@ -53,11 +53,13 @@ export interface Preset {
   lambdaIn: number;
   /** RandomResizedCrop's smallest area share (shards). */
   cropScale: number;
+  /** ColorJitter strength (shards; 0: off). */
+  colorJitter: number;
   bnStatistics: BnStatistics;
 }
 
 /** The paper's objective and the reference's augmentation and BatchNorm statistics. */
-const PAPER_TRAINING = { lambdaTv: 0, lambdaIn: 0, cropScale: 0.08, bnStatistics: 'all' } as const;
+const PAPER_TRAINING = { lambdaTv: 0, lambdaIn: 0, cropScale: 0.08, colorJitter: 0, bnStatistics: 'all' } as const;
 
 export const PRESETS = {
   /** The built-in digits demo: a small ResNet on 64px canvases, sized to train in minutes on 2 cores. */
@@ -112,6 +114,7 @@ export const PRESETS = {
     lambdaTv: 10,
     lambdaIn: 1,
     cropScale: 0.25,
+    colorJitter: 0,
     bnStatistics: 'clean',
   },
 } satisfies Record<string, Preset>;
@@ -178,6 +181,7 @@ interface TrainOptions {
   lambdaTv?: number;
   lambdaIn?: number;
   cropScale?: number;
+  colorJitter?: number;
   bnStatistics?: BnStatistics;
   preset?: PresetName;
   classifierStep: ClassifierStep;
@@ -251,7 +255,7 @@ function dataPlanFrom(o: TrainOptions): { plan: DataPlan; classes: number } {
     shuffleBuffer: o.shuffleBuffer,
     prefetchBatches: o.prefetch,
     epochFraction: o.epochFraction ?? presetOf(o).epochFraction,
-    cropScale: [o.cropScale ?? presetOf(o).cropScale, 1],
+    augmentation: { cropScale: [o.cropScale ?? presetOf(o).cropScale, 1], colorJitter: o.colorJitter ?? presetOf(o).colorJitter },
   };
   if (o.val) plan.val = o.val;
   return { plan, classes: o.numClasses ?? synsetCount ?? presetOf(o).classes };
@@ -275,6 +279,7 @@ function withTrainOptions(cmd: Command): Command {
     .option('--shuffle-buffer <n>', 'samples held for shuffling after the shard-order shuffle', int(0), 1000)
     .option('--prefetch <batches>', 'batches the workers may decode ahead of training', int(1), 4)
     .option('--crop-scale <min>', `shards: smallest area share of RandomResizedCrop${presetHelp('cropScale')}`, num(0.01, 1))
+    .option('--color-jitter <s>', `shards: ColorJitter strength, brightness / contrast / saturation factors in [1-s, 1+s]; 0 = off${presetHelp('colorJitter')}`, num(0, 1))
     .option('--epoch-fraction <f>', `share of the training set per epoch${presetHelp('epochFraction')}`, num(1e-9, 1))
     .option('--shard-index <i>', "this job's share of the shards: those with index % num-shards == i", int(0), 0)
     .option('--num-shards <n>', 'jobs the shards are split across', int(1), 1)

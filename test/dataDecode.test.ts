@@ -1,9 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import sharp from 'sharp';
 import { loadMnist } from '../src/data/mnist.js';
 import {
+  colorJitterInPlace,
   DecodeError,
   decodeRgb,
   decodeTransform,
@@ -15,6 +20,7 @@ import {
 import { Problems } from '../src/data/samples.js';
 import { IMAGENET_MEAN, IMAGENET_STD } from '../src/data/imagenetStats.js';
 import { Rng } from '../src/util/rng.js';
+import { findTorchPython, repoRoot } from './helpers/python.js';
 
 /** An asymmetric real image: MNIST digits 0..2 side by side on a W x H canvas, coloured. */
 function canvas(w: number, h: number): Buffer {
@@ -284,6 +290,58 @@ test('decode: train transform is seeded, flips mirror exactly; float output is t
     for (let x = 0; x < 64 * 3; x++) md = Math.max(md, Math.abs(u.data[y * 64 * 3 + x]! - resized[(y + 8) * 106 * 3 + 21 * 3 + x]!));
   }
   assert.equal(md, 0);
+});
+
+test('decode: ColorJitter by hand on two pixels, and against torchvision on a photo-like image', async () => {
+  // Two pixels, factors brightness 1.5, contrast 0.5, saturation 2, gray = 0.2989 R + 0.587 G + 0.114 B:
+  // brightness: (100, 50, 0) -> (150, 75, 0); (200, 220, 240) -> (255, 255, 255) (clamped)
+  // gray: 0.2989*150 + 0.587*75 = 88.86 and 254.9745; mean 171.91725
+  // contrast 0.5: v/2 + 85.958625 -> (160.958625, 123.458625, 85.958625), (213.458625 x 3)
+  // saturation 2: 2v - gray; gray = 130.3800291375 -> (191.537..., 116.537..., 41.537...)
+  //   -> rounded (192, 117, 42); the second: 2 * 213.458625 - 213.437255... = 213.479... -> 213
+  const d = new Uint8Array([100, 50, 0, 200, 220, 240]);
+  colorJitterInPlace(d, { brightness: 1.5, contrast: 0.5, saturation: 2 });
+  assert.deepEqual(Array.from(d), [192, 117, 42, 213, 213, 213]);
+
+  // torchvision.transforms.functional on the same bytes (float64 there): within one grey level
+  // (values exactly at .5 may round either way after float rounding), most equal.
+  const { python } = findTorchPython(join(repoRoot, 'test', 'helpers', 'torchvision_transforms.py'));
+  const W = 40;
+  const H = 30;
+  const img = canvas(W, H);
+  const dir = mkdtempSync(join(tmpdir(), 'jitter-'));
+  try {
+    writeFileSync(join(dir, 'in.rgb'), img);
+    for (const f of [
+      { brightness: 0.6, contrast: 1.4, saturation: 0.7 },
+      { brightness: 1.3, contrast: 0.6, saturation: 1.5 },
+    ]) {
+      const out = join(dir, 'out.f32');
+      execFileSync(python, [join(repoRoot, 'test', 'helpers', 'torchvision_transforms.py'), 'jitter', join(dir, 'in.rgb'), out, String(H), String(W), String(f.brightness), String(f.contrast), String(f.saturation)]);
+      const ref = new Float32Array(readFileSync(out).buffer.slice(0));
+      const ours = Uint8Array.from(img);
+      colorJitterInPlace(ours, f);
+      let maxDiff = 0;
+      let equal = 0;
+      ours.forEach((v, i) => {
+        maxDiff = Math.max(maxDiff, Math.abs(v - ref[i]!));
+        if (v === Math.round(ref[i]!)) equal++;
+      });
+      assert.ok(maxDiff <= 0.5 + 1e-3, `${JSON.stringify(f)}: max difference ${maxDiff} from torchvision`);
+      assert.ok(equal / ours.length > 0.99, `${JSON.stringify(f)}: ${equal} of ${ours.length} equal after rounding`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  // In the train transform: seeded, and the crop is drawn before the jitter (same geometry as without).
+  const png = await raw(canvas(120, 90), 120, 90).png().toBuffer();
+  const plain = await decodeTransform(png, { kind: 'train', rng: new Rng(5), size: 64 }, { output: 'uint8' });
+  const j1 = await decodeTransform(png, { kind: 'train', rng: new Rng(5), size: 64, colorJitter: 0.4 }, { output: 'uint8' });
+  const j2 = await decodeTransform(png, { kind: 'train', rng: new Rng(5), size: 64, colorJitter: 0.4 }, { output: 'uint8' });
+  assert.deepEqual(j1.geometry, plain.geometry);
+  assert.ok(Buffer.from(j1.data).equals(Buffer.from(j2.data)));
+  assert.ok(!Buffer.from(j1.data).equals(Buffer.from(plain.data)), 'jitter changed nothing');
 });
 
 test('decode: transformSample skips a corrupt sample into Problems (file, offset) and maps a good one with its boxes', async () => {

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { countShard, openDataset, parseClassRanges } from '../src/data/dataset.js';
 import { decodeTransform } from '../src/data/decode.js';
 import { DataLoader, type LoaderOptions } from '../src/data/loader.js';
-import type { DecodedSample } from '../src/data/pipeline.js';
+import { transformOf, type DecodedSample } from '../src/data/pipeline.js';
 import { webDatasetEntries, writeTar } from '../src/data/tar.js';
 import { digitJpeg } from './helpers/images.js';
 import { runPython } from './helpers/python.js';
@@ -111,6 +111,25 @@ test('loader: 0, 1 and 2 workers deliver the same samples; training crops depend
     const m = byKey(r);
     for (const s of runs[0]!) assert.deepEqual(Array.from(m.get(s.key)!.data), Array.from(s.data), s.key);
   }
+});
+
+test('loader: augmentation reaches the workers: crop area and ColorJitter, each image as decodeTransform makes it', async () => {
+  const fx = await fixture;
+  const augmentation = { cropScale: [0.5, 1] as [number, number], colorJitter: 0.4 };
+  const inline = byKey(await withLoader(fx.tars, { preprocess: 'train', augmentation }, (l) => collect(l, 2)));
+  const worker = byKey(await withLoader(fx.tars, { preprocess: 'train', augmentation, workers: 1 }, (l) => collect(l, 2)));
+  const plain = byKey(await withLoader(fx.tars, { preprocess: 'train', workers: 1 }, (l) => collect(l, 2)));
+  assert.equal(worker.size, N);
+  let changed = 0;
+  for (const e of fx.images) {
+    const spec = transformOf({ preprocess: 'train', size: 32, seed: 3, epoch: 2, augmentation }, e.key);
+    assert.deepEqual([spec.kind === 'train' && spec.scale, spec.kind === 'train' && spec.colorJitter], [[0.5, 1], 0.4]);
+    const ref = await decodeTransform(e.jpeg, spec);
+    assert.deepEqual(Array.from(worker.get(e.key)!.data), Array.from(ref.data), `${e.key}: worker`);
+    assert.deepEqual(Array.from(inline.get(e.key)!.data), Array.from(ref.data), `${e.key}: inline`);
+    if (Array.from(plain.get(e.key)!.data).some((v, i) => v !== ref.data[i])) changed++;
+  }
+  assert.equal(changed, N, 'every augmented image differs from the plain one');
 });
 
 test('loader: shard order and shuffle buffer change with the epoch; every epoch has every sample once', async () => {

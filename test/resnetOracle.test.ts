@@ -13,14 +13,14 @@
 import * as tf from '@tensorflow/tfjs';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { initEngine } from '../src/engine.js';
 import { buildResNet, countTrainableParams, FEATURE_NAMES, RESNET50, type ResNetConfig } from '../src/models/resnet.js';
 import { loadTorchvisionWeights } from '../src/models/weights.js';
-import { repoRoot } from './helpers/python.js';
+import { findTorchPython, repoRoot } from './helpers/python.js';
 
 const HELPER = join(repoRoot, 'test', 'helpers', 'torchvision_resnet.py');
 const TOLERANCE = 1e-3;
@@ -43,30 +43,6 @@ interface Manifest {
   outputs: Record<string, OutputInfo>;
 }
 
-/** The first interpreter that can import torch and torchvision (reasons for the others kept). */
-function findTorchPython(): { python: string; versions: string } {
-  const candidates = [process.env['CASM_TORCH_PYTHON'], '/usr/bin/python3', join(repoRoot, '.venv', 'bin', 'python')];
-  const tried: string[] = [];
-  for (const py of [...new Set(candidates)]) {
-    if (!py) continue;
-    if (!existsSync(py)) {
-      tried.push(`${py}: not found`);
-      continue;
-    }
-    const r = spawnSync(py, [HELPER, 'probe'], { encoding: 'utf8', timeout: 120_000 });
-    if (r.status === 0) {
-      const info = JSON.parse(r.stdout) as { torch: string; torchvision: string; python: string };
-      return { python: py, versions: `python ${info.python}, torch ${info.torch}, torchvision ${info.torchvision}` };
-    }
-    const why = (r.stdout.trim() || r.stderr.trim().split('\n').pop() || String(r.error ?? `exit ${r.status}`)).slice(0, 300);
-    tried.push(`${py}: ${why}`);
-  }
-  throw new Error(
-    `no Python with torch + torchvision for the torchvision oracle; run: bash scripts/setup-oracles.sh ` +
-      `(or set CASM_TORCH_PYTHON). Tried: ${tried.join(' | ')}`,
-  );
-}
-
 const tmpRoots: string[] = [];
 let python = '';
 
@@ -82,7 +58,7 @@ before(async () => {
       await initEngine('cpu', (l) => console.log(l));
     }
   }
-  const found = findTorchPython();
+  const found = findTorchPython(HELPER);
   python = found.python;
   console.log(`torchvision oracle: ${found.python} (${found.versions})`);
 });

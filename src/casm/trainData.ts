@@ -10,6 +10,7 @@ import { toBatch } from '../data/batches.js';
 import { countShard, openDataset, type DatasetOptions } from '../data/dataset.js';
 import { DataLoader, type HostBatch } from '../data/loader.js';
 import type { Problem, Problems } from '../data/samples.js';
+import type { Augmentation } from '../data/decode.js';
 import type { Box } from '../eval/localization.js';
 import { Rng, seedFrom } from '../util/rng.js';
 
@@ -63,8 +64,7 @@ export interface ShardsPlan {
   shuffleBuffer: number;
   prefetchBatches: number;
   epochFraction: number;
-  /** RandomResizedCrop's area range (default 0.08-1). */
-  cropScale?: [number, number];
+  augmentation?: Augmentation;
   pixelLimit?: number;
 }
 
@@ -177,13 +177,13 @@ async function shardsData(plan: ShardsPlan, o: OpenOptions): Promise<TrainData> 
   );
   if (samplesPerEpoch < o.batchSize) throw new Error(`${plan.train}: ${samplesPerEpoch} images per epoch are fewer than one batch of ${o.batchSize}`);
 
-  const loader = new DataLoader(train, { ...loaderOptions, preprocess: 'train', ...(plan.cropScale ? { cropScale: plan.cropScale } : {}) });
+  const loader = new DataLoader(train, { ...loaderOptions, preprocess: 'train', ...(plan.augmentation ? { augmentation: plan.augmentation } : {}) });
   const heldOut = await shardsHeldOut(plan, loaderOptions, o);
   let epoch = -1;
   let nextStep = -1;
   let batches: AsyncGenerator<HostBatch> | null = null;
   return {
-    describe: `${plan.train}, RandomResizedCrop ${o.size} (area ${(plan.cropScale ?? [0.08, 1]).join('-')}) + flip`,
+    describe: `${plan.train}, RandomResizedCrop ${o.size} (area ${(plan.augmentation?.cropScale ?? [0.08, 1]).join('-')}) + flip${plan.augmentation?.colorJitter ? ` + ColorJitter ${plan.augmentation.colorJitter}` : ''}`,
     samplesPerEpoch,
     async next(step, stepsPerEpoch) {
       const e = Math.floor(step / stepsPerEpoch);

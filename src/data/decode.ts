@@ -11,7 +11,8 @@
  *   - 'eval':  short side to 224 + centre crop 224 (or 'stretch' to 224x224), spec section 4
  *   - 'val':   Resize(256) + CenterCrop(224)
  *   - 'train': RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3) + horizontal flip p=0.5,
- *              torchvision's algorithm, drawn from a seeded Rng
+ *              torchvision's algorithm, drawn from a seeded Rng; optionally ColorJitter
+ *              (brightness, contrast, saturation) after them
  * Output: HWC uint8 RGB, or HWC float32 normalised with the ImageNet mean/std.
  */
 import sharp from 'sharp';
@@ -180,7 +181,7 @@ export function randomResizedCropParams(
 export type TransformSpec =
   | { kind: 'eval'; mode?: EvalMode; size?: number }
   | { kind: 'val'; resize?: number; crop?: number }
-  | { kind: 'train'; rng: Rng; size?: number; scale?: [number, number]; ratio?: [number, number]; flipProb?: number }
+  | { kind: 'train'; rng: Rng; size?: number; scale?: [number, number]; ratio?: [number, number]; flipProb?: number; colorJitter?: number }
   /** A fixed geometry (e.g. computed elsewhere and sent to a worker); its srcW/srcH must match. */
   | { kind: 'geometry'; geometry: Geometry };
 
@@ -237,6 +238,51 @@ function flipRowsInPlace(d: Uint8Array, w: number, h: number): void {
   }
 }
 
+/** The training transform's augmentation options (each off or torchvision's default when absent). */
+export interface Augmentation {
+  /** RandomResizedCrop's area range (default 0.08-1). */
+  cropScale?: [number, number];
+  /** ColorJitter strength s: brightness, contrast and saturation factors from U[1-s, 1+s] (0: off). */
+  colorJitter?: number;
+}
+
+export interface JitterFactors {
+  brightness: number;
+  contrast: number;
+  saturation: number;
+}
+
+/** Draws ColorJitter's three factors from U[max(0, 1-s), 1+s], in that order. */
+export function jitterFactors(rng: Rng, s: number): JitterFactors {
+  const f = (): number => rng.uniform(Math.max(0, 1 - s), 1 + s);
+  return { brightness: f(), contrast: f(), saturation: f() };
+}
+
+/**
+ * torchvision's ColorJitter on HWC RGB bytes, in place, in a fixed order: brightness (x * b),
+ * contrast (blend with the image's mean gray level), saturation (blend with each pixel's gray
+ * level); gray = 0.2989 R + 0.587 G + 0.114 B (torchvision's rgb_to_grayscale). Each step clamps to [0, 255] as torchvision does;
+ * values stay float64 between steps and are rounded once at the end (torchvision's float path).
+ */
+export function colorJitterInPlace(d: Uint8Array, f: JitterFactors): void {
+  const n = d.length / 3;
+  const v = new Float64Array(d.length);
+  const clamp = (x: number): number => (x < 0 ? 0 : x > 255 ? 255 : x);
+  let graySum = 0;
+  for (let i = 0; i < d.length; i += 3) {
+    v[i] = clamp(d[i]! * f.brightness);
+    v[i + 1] = clamp(d[i + 1]! * f.brightness);
+    v[i + 2] = clamp(d[i + 2]! * f.brightness);
+    graySum += 0.2989 * v[i]! + 0.587 * v[i + 1]! + 0.114 * v[i + 2]!;
+  }
+  const mean = graySum / n;
+  for (let i = 0; i < d.length; i += 3) {
+    for (let c = 0; c < 3; c++) v[i + c] = clamp(f.contrast * v[i + c]! + (1 - f.contrast) * mean);
+    const gray = 0.2989 * v[i]! + 0.587 * v[i + 1]! + 0.114 * v[i + 2]!;
+    for (let c = 0; c < 3; c++) d[i + c] = Math.round(clamp(f.saturation * v[i + c]! + (1 - f.saturation) * gray));
+  }
+}
+
 /** HWC RGB bytes -> HWC float32 (v/255 - mean[c]) / std[c]. */
 export function normalizeRgb(d: Uint8Array): Float32Array {
   const out = new Float32Array(d.length);
@@ -269,6 +315,8 @@ export async function decodeTransform(bytes: Uint8Array, spec: TransformSpec, op
   }
   const rgb = await toRgb(p, g.outW, g.outH);
   if (g.flip) flipRowsInPlace(rgb, g.outW, g.outH);
+  // Drawn after the geometry, so runs without jitter keep their crops.
+  if (spec.kind === 'train' && (spec.colorJitter ?? 0) > 0) colorJitterInPlace(rgb, jitterFactors(spec.rng, spec.colorJitter!));
   const res: TransformResult = {
     data: (opts.output ?? 'float') === 'float' ? normalizeRgb(rgb) : rgb,
     width: g.outW,

@@ -10,6 +10,7 @@
 import { Worker } from 'node:worker_threads';
 import type { Dataset, ReadContext } from './dataset.js';
 import { decodedSamples, epochShardOrder, streamShards, type DecodedSample, type Preprocess, type StreamPlan } from './pipeline.js';
+import type { Augmentation } from './decode.js';
 import { Problems, type PixelBox, type Problem, type SampleSource } from './samples.js';
 
 export type ToWorker =
@@ -30,8 +31,8 @@ export interface LoaderOptions {
   preprocess: Preprocess;
   /** Output side in pixels. */
   size: number;
-  /** 'train': RandomResizedCrop's area range (default 0.08-1). */
-  cropScale?: [number, number];
+  /** 'train': the augmentation beyond torchvision's defaults. */
+  augmentation?: Augmentation;
   seed: number;
   /** Samples held for shuffling, split across the streams (0: shard order). */
   shuffleBuffer: number;
@@ -184,7 +185,7 @@ export class DataLoader {
         size: opts.size,
       };
       if (opts.pixelLimit !== undefined) plan.pixelLimit = opts.pixelLimit;
-      if (opts.cropScale !== undefined) plan.cropScale = opts.cropScale;
+      if (opts.augmentation !== undefined) plan.augmentation = opts.augmentation;
       if (opts.decodeAhead !== undefined) plan.decodeAhead = opts.decodeAhead;
       const worker = this.workers[w];
       return worker ? new WorkerStream(worker, gen, plan, credit, this.problems, `data worker ${w}`) : inlineStream(plan, ctx, this.problems);

@@ -9,7 +9,7 @@
  */
 import { Rng, seedFrom } from '../util/rng.js';
 import { readShard, type ReadContext, type Shard } from './dataset.js';
-import { transformSample, type TransformSpec } from './decode.js';
+import { transformSample, type Augmentation, type TransformSpec } from './decode.js';
 import type { PixelBox, Problems, Sample, SampleSource } from './samples.js';
 
 /**
@@ -30,8 +30,8 @@ export interface StreamPlan {
   skip: number;
   preprocess: Preprocess;
   size: number;
-  /** 'train': RandomResizedCrop's area range (default torchvision's 0.08-1). */
-  cropScale?: [number, number];
+  /** 'train': the augmentation beyond torchvision's defaults. */
+  augmentation?: Augmentation;
   pixelLimit?: number;
   /** Images decoded concurrently (sharp runs them on libuv threads). Default 2. */
   decodeAhead?: number;
@@ -65,14 +65,15 @@ export function streamShards(order: Shard[], w: number, n: number): Shard[] {
   return order.filter((_, i) => i % n === w);
 }
 
-export function transformOf(plan: Pick<StreamPlan, 'preprocess' | 'size' | 'seed' | 'epoch' | 'cropScale'>, key: string): TransformSpec {
+export function transformOf(plan: Pick<StreamPlan, 'preprocess' | 'size' | 'seed' | 'epoch' | 'augmentation'>, key: string): TransformSpec {
   switch (plan.preprocess) {
     case 'train':
       return {
         kind: 'train',
         size: plan.size,
         rng: new Rng(seedFrom('crop', plan.seed, plan.epoch, key)),
-        ...(plan.cropScale ? { scale: plan.cropScale } : {}),
+        ...(plan.augmentation?.cropScale ? { scale: plan.augmentation.cropScale } : {}),
+        ...(plan.augmentation?.colorJitter ? { colorJitter: plan.augmentation.colorJitter } : {}),
       };
     case 'val':
       // Resize(256) + CenterCrop(224), the same proportion at other sizes.
