@@ -258,6 +258,9 @@ function dataPlanFrom(o: TrainOptions): { plan: DataPlan; classes: number } {
     augmentation: { cropScale: [o.cropScale ?? presetOf(o).cropScale, 1], colorJitter: o.colorJitter ?? presetOf(o).colorJitter },
   };
   if (o.val) plan.val = o.val;
+  if (o.numClasses !== undefined && synsetCount !== null && o.numClasses < synsetCount) {
+    throw new UsageError(`--num-classes ${o.numClasses}: fewer than the ${synsetCount} classes of --synsets ${o.synsets}`);
+  }
   return { plan, classes: o.numClasses ?? synsetCount ?? presetOf(o).classes };
 }
 
@@ -274,7 +277,7 @@ function withTrainOptions(cmd: Command): Command {
     .option('--boxes <path>', 'boxes of the held-out images: a folder of VOC XML files or LOC_val_solution.csv')
     .option('--synsets <file>', 'synset list (sorted synsets -> class index); default: the ImageFolder folders or the labels as stored')
     .option('--classes <list>', "train on these classes only: ranges like '0-99,200' or a file of indices or synsets")
-    .option('--num-classes <n>', 'classifier outputs for shards without --synsets', int(2), PRESETS.imagenet.classes)
+    .option('--num-classes <n>', `classifier outputs (default: the number of --synsets, else the preset's: imagenet ${PRESETS.imagenet.classes})`, int(2))
     .option('--workers <n>', 'decode worker threads (0: decode in the main thread)', int(0), Math.max(1, Math.min(4, availableParallelism())))
     .option('--shuffle-buffer <n>', 'samples held for shuffling after the shard-order shuffle', int(0), 1000)
     .option('--prefetch <batches>', 'batches the workers may decode ahead of training', int(1), 4)

@@ -37,6 +37,8 @@ test('casm --help names the train command', () => {
 });
 
 test('bad invocations exit with code 2 and say what is wrong', () => {
+  writeFileSync(join(tmp, 'one.tar'), '');
+  writeFileSync(join(tmp, 'synsets.txt'), 'n01\nn02\nn03\n');
   const cases: [string[], RegExp][] = [
     [['train', '--thinning', 'L7'], /argument 'L7' is invalid.*Allowed choices are F, L, FL, L100, L1000/],
     [['train', '--batch-size', 'many'], /--batch-size.*expected an integer >= 1/],
@@ -48,6 +50,7 @@ test('bad invocations exit with code 2 and say what is wrong', () => {
     [['train', '--shard-index', '2', '--num-shards', '2'], /--shard-index 2: must be below --num-shards 2/],
     [['train', '--classes', '0-9', '--epoch-fraction', '0'], /--epoch-fraction.*expected a number in/],
     [['train', '--resume', join(tmp, 'nowhere')], /--resume .*nowhere: no such file or directory/],
+    [['train', '--data', join(tmp, 'one.tar'), '--synsets', join(tmp, 'synsets.txt'), '--num-classes', '2'], /--num-classes 2: fewer than the 3 classes of --synsets .*synsets.txt/],
   ];
   for (const [args, message] of cases) {
     const { code, err } = casm(...args);

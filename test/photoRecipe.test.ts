@@ -38,10 +38,11 @@ test('small-photos preset on photo objects: trained from shards, evaluated on se
     seed: 3,
   });
   const run = join(root, 'run');
-  // The preset's recipe at a tiny scale; --lambda-in and --color-jitter given explicitly win over the preset's.
+  // The preset's recipe at a tiny scale; --lambda-in and --color-jitter given explicitly win over the preset's;
+  // the class count comes from --synsets (no --num-classes).
   const r = await casm(
     'train', '--preset', 'small-photos', '--data', join(set, 'shards', 'train-000000.tar'), '--synsets', join(set, 'classes.txt'),
-    '--num-classes', '3', '--val', join(set, 'shards', 'val-000000.tar'), '--boxes', join(set, 'val_xml'),
+    '--val', join(set, 'shards', 'val-000000.tar'), '--boxes', join(set, 'val_xml'),
     '--width', '4', '--input-size', '32', '--decoder-width', '4', '--batch-size', '4', '--warmup-steps', '2', '--max-steps', '5',
     '--lambda-in', '0.5', '--color-jitter', '0.3', '--workers', '1', '--out', run,
   );
@@ -49,6 +50,7 @@ test('small-photos preset on photo objects: trained from shards, evaluated on se
   const preset = PRESETS['small-photos'];
   const config = readCheckpointState(resolveCheckpoint(run)).config;
   assert.deepEqual(config.maskTerms, { tv: preset.lambdaTv, maskedIn: 0.5 });
+  assert.equal(config.arch.classes, 3, 'a 3-way classifier for 3 synsets');
   assert.deepEqual([config.optim.classifierLr, config.optim.lrDecayEpochs, config.thinning], [preset.classifierLr, preset.lrDecayEpochs, 'L100']);
   assert.match(r.out, new RegExp(`RandomResizedCrop 32 \\(area ${preset.cropScale}-1\\) \\+ flip \\+ ColorJitter 0.3`));
   assert.match(r.out, /tv [\d.]+ in-CE [\d.]+/, 'the progress line shows the mask terms');
