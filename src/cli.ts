@@ -18,7 +18,7 @@ import { formatInspect, inspectData, makeShards } from './data/dataCommand.js';
 import { parseClasses, parseClassRanges } from './data/dataset.js';
 import { resolveDataSpec } from './data/spec.js';
 import { writeFileAtomic } from './util/atomicWrite.js';
-import { resolveCheckpoint } from './checkpoints/checkpoint.js';
+import { readCheckpointState, resolveCheckpoint } from './checkpoints/checkpoint.js';
 import { BACKEND_CHOICES, initEngine, type BackendChoice } from './engine.js';
 import { COLORMAPS } from './explain/display.js';
 import { explainCommand, ExplainUsageError, METHODS, parseMethods, type ExplainOptions, type Method } from './explain/explainCommand.js';
@@ -333,6 +333,39 @@ function withTrainOptions(cmd: Command): Command {
     .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'));
 }
 
+/** Options that change how a run goes, not what it computes: a resume may set them anew. */
+const RUNTIME_OPTIONS = new Set<keyof TrainOptions>(['resume', 'out', 'maxSteps', 'checkpointEvery', 'logEvery', 'imageEvery', 'workers', 'prefetch', 'backend']);
+
+/**
+ * The options of a resumed run: those it was started with, and this command's runtime options.
+ * Any other option given explicitly must equal the saved one: a resume continues the run as it
+ * was started, and silently dropping `--lr-classifier 0.5` would train something the user did not ask for.
+ */
+function resumedOptions(o: TrainOptions, cmd: Command, log: (line: string) => void): TrainOptions {
+  requirePaths({ '--resume': o.resume });
+  const dir = resolveCheckpoint(o.resume!);
+  const saved = readCheckpointState(dir).run?.options as Partial<TrainOptions> | null | undefined;
+  if (!saved) {
+    log(`${dir}: no options recorded (an older checkpoint, or a run started from code): its saved configuration and this command's data options apply`);
+    return o;
+  }
+  const shown = (v: unknown) => (v === undefined ? '(not given)' : Array.isArray(v) ? v.join(',') : String(v));
+  const runtime: Partial<TrainOptions> = {};
+  for (const opt of cmd.options) {
+    const key = opt.attributeName() as keyof TrainOptions;
+    const given = cmd.getOptionValueSource(key) === 'cli';
+    if (RUNTIME_OPTIONS.has(key)) {
+      (runtime as Record<string, unknown>)[key] = o[key];
+      if (given && key !== 'resume' && JSON.stringify(o[key]) !== JSON.stringify(saved[key])) log(`resume: ${opt.long} ${shown(o[key])} (the run was started with ${shown(saved[key])})`);
+    } else if (given && JSON.stringify(o[key]) !== JSON.stringify(saved[key])) {
+      throw new UsageError(
+        `${opt.long} ${shown(o[key])}: the run in ${dir} was started with ${shown(saved[key])}; a resume continues a run as it was started (train into a new --out to change it)`,
+      );
+    }
+  }
+  return { ...(saved as TrainOptions), ...runtime };
+}
+
 /** Paths given on the command line must exist: a usage error naming the flag otherwise. */
 function requirePaths(paths: Record<string, string | undefined>): void {
   for (const [flag, path] of Object.entries(paths)) {
@@ -365,9 +398,10 @@ export function buildProgram(argv: string[] = []): Command {
     .showHelpAfterError();
   withTrainOptions(program.command('train'))
     .description('train a classifier and a masker in alternation (spec section 2)')
-    .action(async (o: TrainOptions) => {
-      checkTrainOptions(o);
+    .action(async (given: TrainOptions, cmd: Command) => {
       const log = (line: string) => console.log(line);
+      const o = given.resume ? resumedOptions(given, cmd, log) : given;
+      checkTrainOptions(o);
       await initEngine(o.backend, log);
       const { plan, classes } = dataPlanFrom(o);
       const config = trainConfigFrom(o, classes);
@@ -384,6 +418,7 @@ export function buildProgram(argv: string[] = []): Command {
         maxSteps: o.maxSteps,
         resume: o.resume,
         classifierWeights: o.classifierWeights,
+        options: { ...o },
         log,
       });
     });

@@ -5,7 +5,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { CheckpointError, loadCheckpoint, readCheckpointState, resolveCheckpoint, saveCheckpoint } from '../checkpoints/checkpoint.js';
+import { CheckpointError, loadCheckpoint, readCheckpointState, removeLeftovers, resolveCheckpoint, saveCheckpoint, type RunRecord } from '../checkpoints/checkpoint.js';
+import { lockRun } from '../checkpoints/runLock.js';
 import { denormalize } from '../data/normalize.js';
 import { centreBox, localizationError, maskBox, type Box } from '../eval/localization.js';
 import { maskGridPng } from '../log/maskGrid.js';
@@ -26,8 +27,10 @@ export interface RunOptions {
   checkpointEvery: number;
   logEvery: number;
   imageEvery: number;
-  /** A run directory or checkpoint to continue from. */
+  /** A run directory or checkpoint to continue from: its config and data plan, with this plan's worker settings. */
   resume?: string;
+  /** The command's options, recorded in every checkpoint so that a resume can tell what changed. */
+  options?: Record<string, unknown>;
   /** Pretrained classifier: torchvision safetensors or a tfjs model. */
   classifierWeights?: string;
   /** Stop after this many iterations in total (for tests and interrupted runs); default: the schedule's end. */
@@ -42,22 +45,37 @@ export interface RunResult {
   eval: HeldOutEval;
 }
 
+/** Trains into opts.outDir, holding its lock (one run per directory) until the run ends or fails. */
 export async function runTraining(opts: RunOptions): Promise<RunResult> {
+  const lock = lockRun(opts.outDir, opts.log);
+  try {
+    const left = removeLeftovers(opts.outDir);
+    if (left.count > 0) opts.log(`removed ${left.count} half-written files of an interrupted run from ${opts.outDir} (${(left.bytes / 1e6).toFixed(1)} MB)`);
+    return await train(opts);
+  } finally {
+    lock.release();
+  }
+}
+
+async function train(opts: RunOptions): Promise<RunResult> {
   const { log } = opts;
   let config = opts.config;
+  let run: RunRecord = { data: opts.data, options: opts.options ?? null };
   let resumeDir: string | null = null;
   if (opts.resume) {
     resumeDir = resolveCheckpoint(opts.resume);
-    const saved = readCheckpointState(resumeDir).config;
-    if (architectureKey(saved) !== architectureKey(config)) {
-      throw new CheckpointError(`${resumeDir}: was trained with ${architectureKey(saved)}; this run asks for ${architectureKey(config)}`);
+    const saved = readCheckpointState(resumeDir);
+    if (architectureKey(saved.config) !== architectureKey(config)) {
+      throw new CheckpointError(`${resumeDir}: was trained with ${architectureKey(saved.config)}; this run asks for ${architectureKey(config)}`);
     }
-    config = saved;
+    config = saved.config;
+    if (saved.run) run = { data: withWorkerSettings(saved.run.data, opts.data), options: saved.run.options };
+    else log(`${resumeDir}: a checkpoint from before data plans were recorded: resuming on the data this command names`);
   } else if (existsSync(join(opts.outDir, 'latest'))) {
     // Never train over another run's checkpoints and event files.
     throw new Error(`${opts.outDir} already holds a run (see its 'latest'); continue it with --resume ${opts.outDir} or pick another --out`);
   }
-  const data = await openTrainData(opts.data, { size: config.arch.inputSize, batchSize: config.batchSize, seed: config.seed, log });
+  const data = await openTrainData(run.data, { size: config.arch.inputSize, batchSize: config.batchSize, seed: config.seed, log });
   const stepsPerEpoch = Math.min(config.stepsPerEpoch, Math.floor(data.samplesPerEpoch / config.batchSize));
   config = { ...config, stepsPerEpoch };
   const totalSteps = Math.min(config.epochs * stepsPerEpoch, opts.maxSteps ?? Infinity);
@@ -71,7 +89,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     log(`classifier weights from ${opts.classifierWeights}`);
   }
   mkdirSync(opts.outDir, { recursive: true });
-  writeFileAtomic(join(opts.outDir, 'config.json'), JSON.stringify(config, null, 2));
+  writeFileAtomic(join(opts.outDir, 'config.json'), JSON.stringify({ ...config, ...run }, null, 2));
   const tb = new SummaryWriter(join(opts.outDir, 'tb'));
   log(
     `training ${config.thinning}/${config.score} lambda=${Number(config.lambdaR.toPrecision(4))}` +
@@ -100,12 +118,12 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       if (trainer.step % opts.logEvery === 0 || trainer.step === totalSteps) log(progress.line(trainer.step, summary(last, batch.waitMs, data)));
       if (trainer.step % opts.imageEvery === 0 && trainer.step < totalSteps) await logMaskGrid(tb, trainer, data.heldOut, trainer.step, null);
       if (trainer.step % opts.checkpointEvery === 0 && trainer.step < totalSteps) {
-        checkpoint = await saveCheckpoint(opts.outDir, trainer);
+        checkpoint = await saveCheckpoint(opts.outDir, trainer, run);
       }
       tb.flush();
     }
     if (checkpoint === '' || !checkpoint.endsWith(String(trainer.step).padStart(8, '0'))) {
-      checkpoint = await saveCheckpoint(opts.outDir, trainer);
+      checkpoint = await saveCheckpoint(opts.outDir, trainer, run);
     }
     log(`checkpoint: ${checkpoint}`);
     const evaluation = evaluateHeldOut(trainer, data.heldOut);
@@ -124,6 +142,11 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     tb.close();
     await data.close();
   }
+}
+
+/** The saved plan, decoded with the given plan's threads and prefetch: they change speed, not the batches. */
+function withWorkerSettings(saved: DataPlan, given: DataPlan): DataPlan {
+  return saved.kind === 'shards' && given.kind === 'shards' ? { ...saved, workers: given.workers, prefetchBatches: given.prefetchBatches } : saved;
 }
 
 function summary(s: StepStats, waitMs: number, data: TrainData): string {

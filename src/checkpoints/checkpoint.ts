@@ -10,13 +10,17 @@
  *   optim-classifier.safetensors SGD momentum buffers
  *   optim-masker.safetensors     Adam moments and iteration count
  *   pool.safetensors             the pool's snapshots
+ *
+ * state.json also records the run's data plan and the command's options, so a resume continues
+ * on the same data with the same settings.
  */
 import * as tf from '@tensorflow/tfjs';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { architectureKey, type TrainConfig } from '../casm/config.js';
 import { NO_MASK_TERMS } from '../casm/score.js';
+import type { DataPlan } from '../casm/trainData.js';
 import type { CasmTrainer } from '../casm/trainer.js';
 import { readSafetensors, writeSafetensors, type TensorToWrite as TensorEntry } from '../io/safetensors.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
@@ -36,6 +40,15 @@ export interface CheckpointState {
   poolSteps: number[];
   /** sha256 of every weight file. */
   files: Record<string, string>;
+  /** Absent in checkpoints from before it was recorded. */
+  run?: RunRecord;
+}
+
+/** What shapes a run besides the trainer's config: its data, and the options of the command that started it. */
+export interface RunRecord {
+  data: DataPlan;
+  /** The CLI's options (null for runs started from code). */
+  options: Record<string, unknown> | null;
 }
 
 /** A checkpoint that cannot be used; the message names the file and the problem. */
@@ -71,13 +84,29 @@ async function optimizerEntries(opt: tf.Optimizer): Promise<TensorEntry[]> {
 }
 
 /** Writes a checkpoint of the trainer into runDir and points `latest` at it. Returns its path. */
-export async function saveCheckpoint(runDir: string, trainer: CasmTrainer, keep = 2): Promise<string> {
+export async function saveCheckpoint(runDir: string, trainer: CasmTrainer, run: RunRecord, keep = 2): Promise<string> {
   mkdirSync(runDir, { recursive: true });
   const name = `ckpt-${String(trainer.step).padStart(8, '0')}`;
   const final = join(runDir, name);
   const tmp = join(runDir, `.${name}.tmp-${process.pid}`);
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp);
+  try {
+    await writeCheckpointFiles(tmp, trainer, run);
+  } catch (err) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  if (existsSync(final)) rmSync(final, { recursive: true });
+  renameSync(tmp, final);
+  writeFileAtomic(join(runDir, 'latest'), name + '\n');
+  // Older checkpoints go only after the new one is in place.
+  const all = readdirSync(runDir).filter((d) => /^ckpt-\d{8}$/.test(d)).sort();
+  for (const old of all.slice(0, Math.max(0, all.length - keep))) rmSync(join(runDir, old), { recursive: true, force: true });
+  return final;
+}
+
+async function writeCheckpointFiles(dir: string, trainer: CasmTrainer, run: RunRecord): Promise<void> {
   const groups: Record<string, TensorEntry[]> = {
     'classifier.safetensors': modelEntries([trainer.classifier]),
     'masker.safetensors': modelEntries(trainer.masker.models),
@@ -89,8 +118,8 @@ export async function saveCheckpoint(runDir: string, trainer: CasmTrainer, keep 
   };
   const files: Record<string, string> = {};
   for (const [file, entries] of Object.entries(groups)) {
-    writeSafetensors(join(tmp, file), entries);
-    files[file] = sha256(join(tmp, file));
+    writeSafetensors(join(dir, file), entries);
+    files[file] = sha256(join(dir, file));
   }
   const state: CheckpointState = {
     format: CHECKPOINT_FORMAT,
@@ -101,15 +130,33 @@ export async function saveCheckpoint(runDir: string, trainer: CasmTrainer, keep 
     config: trainer.config,
     poolSteps: trainer.pool.snapshots.map((s) => s.step),
     files,
+    run,
   };
-  writeFileSync(join(tmp, 'state.json'), JSON.stringify(state, null, 2));
-  if (existsSync(final)) rmSync(final, { recursive: true });
-  renameSync(tmp, final);
-  writeFileAtomic(join(runDir, 'latest'), name + '\n');
-  // Older checkpoints go only after the new one is in place.
-  const all = readdirSync(runDir).filter((d) => /^ckpt-\d{8}$/.test(d)).sort();
-  for (const old of all.slice(0, Math.max(0, all.length - keep))) rmSync(join(runDir, old), { recursive: true, force: true });
-  return final;
+  writeFileSync(join(dir, 'state.json'), JSON.stringify(state, null, 2));
+}
+
+/** Temporary names a run writes under: checkpoint directories being built, and writeFileAtomic's files. */
+const LEFTOVER = [/^\.ckpt-\d{8}\.tmp-\d+$/, /^\..+\.\d+\.[0-9a-z]+\.tmp$/];
+
+/**
+ * Removes what a killed or failed run left half-written in runDir: call it holding the run's lock,
+ * when no other process can be writing there. Returns how many entries and bytes went.
+ */
+export function removeLeftovers(runDir: string): { count: number; bytes: number } {
+  let count = 0;
+  let bytes = 0;
+  const size = (p: string): number => {
+    const st = lstatSync(p);
+    return st.isDirectory() ? readdirSync(p).reduce((n, f) => n + size(join(p, f)), 0) : st.size;
+  };
+  for (const name of existsSync(runDir) ? readdirSync(runDir) : []) {
+    if (!LEFTOVER.some((re) => re.test(name))) continue;
+    const p = join(runDir, name);
+    bytes += size(p);
+    rmSync(p, { recursive: true, force: true });
+    count++;
+  }
+  return { count, bytes };
 }
 
 /** A run directory (its `latest` checkpoint) or a checkpoint directory -> the checkpoint directory. */
