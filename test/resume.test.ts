@@ -12,6 +12,7 @@ import { readCheckpointState, resolveCheckpoint } from '../src/checkpoints/check
 import { readSafetensors } from '../src/io/safetensors.js';
 import { useTestBackend } from './helpers/backend.js';
 import { inProcessCli } from './helpers/cli.js';
+import { runPython } from './helpers/python.js';
 
 const root = mkdtempSync(join(tmpdir(), 'casm-resume-'));
 let casm: ReturnType<typeof inProcessCli>;
@@ -67,4 +68,15 @@ test('an option given on resume that differs from the run is refused naming it; 
   assert.equal(same.code, 0, same.err);
   assert.match(same.out, /resume: --max-steps 55 \(the run was started with 40\)/);
   assert.equal(readCheckpointState(resolveCheckpoint(dir)).step, 52, 'the schedule ends at 52: nothing more to train');
+});
+
+test('TensorBoard after a resume: one point per step, the interrupted run’s later points purged (TensorBoard’s reader)', async () => {
+  const dir = join(root, 'tb');
+  // Steps 1-12 logged, checkpoints at 6 and 12; then a resume from step 6 logs 7-12 again.
+  assert.equal((await casm(...START, '--max-steps', '12', '--checkpoint-every', '6', '--out', dir)).code, 0);
+  const r = await casm('train', '--resume', join(dir, 'ckpt-00000006'), '--out', dir, '--max-steps', '12');
+  assert.equal(r.code, 0, r.err);
+  const read = JSON.parse(runPython('read_events.py', [join(dir, 'tb')])) as { scalars: Record<string, [number, number][]> };
+  const steps = read.scalars['classifier/loss']!.map(([s]) => s);
+  assert.deepEqual(steps, Array.from({ length: 12 }, (_, i) => i + 1));
 });

@@ -91,6 +91,7 @@ async function train(opts: RunOptions): Promise<RunResult> {
   mkdirSync(opts.outDir, { recursive: true });
   writeFileAtomic(join(opts.outDir, 'config.json'), JSON.stringify({ ...config, ...run }, null, 2));
   const tb = new SummaryWriter(join(opts.outDir, 'tb'));
+  if (resumeDir) tb.sessionStart(trainer.step + 1);
   log(
     `training ${config.thinning}/${config.score} lambda=${Number(config.lambdaR.toPrecision(4))}` +
       (config.maskTerms.tv > 0 || config.maskTerms.maskedIn > 0 ? ` lambda_tv=${config.maskTerms.tv} lambda_in=${config.maskTerms.maskedIn}` : '') +

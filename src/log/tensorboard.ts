@@ -6,7 +6,8 @@
  * The first record is an Event carrying only wall_time and file_version "brain.Event:2".
  *
  * Proto field numbers (tensorboard/compat/proto/event.proto and summary.proto):
- *   Event         { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
+ *   Event         { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; SessionLog session_log = 7; }
+ *   SessionLog    { SessionStatus status = 1; }   START = 1
  *   Summary       { repeated Value value = 1; }
  *   Summary.Value { string tag = 1; float simple_value = 2; Image image = 4; }
  *   Summary.Image { int32 height = 1; int32 width = 2; int32 colorspace = 3; bytes encoded_image_string = 4; }
@@ -188,6 +189,19 @@ export class SummaryWriter {
     v.string(1, tag);
     v.message(4, img);
     this.push(summaryEvent(Date.now() / 1000, checkInteger(step), v));
+  }
+
+  /**
+   * Marks a restart at `step` (a resumed run): TensorBoard then drops every point of this logdir
+   * at `step` or later written before it, the steps the interrupted run logged past its last
+   * checkpoint, instead of showing them twice.
+   */
+  sessionStart(step: number): void {
+    this.push(eventProto(Date.now() / 1000, checkInteger(step), (ev) => {
+      const log = new ProtoWriter();
+      log.int32(1, 1);
+      ev.message(7, log);
+    }));
   }
 
   /** Appends all buffered records to the event file. Cheap when nothing is buffered. */
