@@ -4,7 +4,7 @@
  * ImageFolder): the list comes from a file (one synset per line, first token; e.g.
  * LOC_synset_mapping.txt) or from the folder names under root.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, realpathSync, statSync, type Dirent } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Problems, sampleStream, type Sample, type SampleStream } from './samples.js';
@@ -37,13 +37,54 @@ export interface ImageFolderListing {
   entries: ImageFolderEntry[];
 }
 
+/** What a directory entry is, links followed; null for anything else, and for a dangling link (reported). */
+function entryKind(path: string, d: Dirent, problems: Problems): 'dir' | 'file' | null {
+  if (!d.isSymbolicLink()) return d.isDirectory() ? 'dir' : d.isFile() ? 'file' : null;
+  try {
+    const st = statSync(path);
+    return st.isDirectory() ? 'dir' : st.isFile() ? 'file' : null;
+  } catch (err) {
+    problems.add('unreadable', path, 0, `broken symbolic link (${(err as Error).message})`);
+    return null;
+  }
+}
+
 /**
- * Lists root/<synset>/* image files, sorted by synset then file name. `synsets` (a list or a
- * list file) fixes the classes; folders outside it are skipped and reported ('unknown-synset').
+ * Image files under a class folder, relative to it: subfolders too, symbolic links followed, in
+ * torchvision's order (folders sorted by path, files by name within each: sorted(os.walk(...,
+ * followlinks=True))). A link back to a folder being walked is reported, not followed, where
+ * os.walk would loop forever.
+ */
+function imageFiles(classDir: string, problems: Problems): string[] {
+  const byFolder: [string, string[]][] = [];
+  const walk = (rel: string, ancestors: ReadonlySet<string>) => {
+    const abs = join(classDir, rel);
+    const real = realpathSync(abs);
+    if (ancestors.has(real)) {
+      problems.add('symlink-cycle', abs, 0, `links back to ${real}, a folder it is inside of: not followed`);
+      return;
+    }
+    const inside = new Set(ancestors).add(real);
+    const files: string[] = [];
+    for (const d of readdirSync(abs, { withFileTypes: true })) {
+      const kind = entryKind(join(abs, d.name), d, problems);
+      if (kind === 'dir' && !d.name.startsWith('.')) walk(join(rel, d.name), inside);
+      else if (kind === 'file' && IMAGE_FILE_EXTS.some((e) => d.name.toLowerCase().endsWith(e))) files.push(join(rel, d.name));
+    }
+    byFolder.push([abs, files.sort(byCodePoint)]);
+  };
+  walk('', new Set());
+  return byFolder.sort((a, b) => byCodePoint(a[0], b[0])).flatMap(([, files]) => files);
+}
+
+/**
+ * Lists root/<synset>/** image files, sorted by synset, then as torchvision walks a class folder;
+ * class folders may be symbolic links (a common way to make ImageNet subsets). `synsets` (a list
+ * or a list file) fixes the classes; folders outside it are skipped and reported ('unknown-synset').
  */
 export function listImageFolder(root: string, synsets?: string[] | string, problems = new Problems()): ImageFolderListing {
   const dirs = readdirSync(root, { withFileTypes: true })
-    .filter((d) => d.isDirectory() && !d.name.startsWith('.'))
+    .filter((d) => !d.name.startsWith('.') && entryKind(join(root, d.name), d, problems) === 'dir')
     .map((d) => d.name)
     .sort(byCodePoint);
   const list =
@@ -56,11 +97,7 @@ export function listImageFolder(root: string, synsets?: string[] | string, probl
       problems.add('unknown-synset', join(root, dir), 0, `folder ${JSON.stringify(dir)} is not in the synset list: skipped`);
       continue;
     }
-    const files = readdirSync(join(root, dir), { withFileTypes: true })
-      .filter((f) => f.isFile() && IMAGE_FILE_EXTS.some((e) => f.name.toLowerCase().endsWith(e)))
-      .map((f) => f.name)
-      .sort(byCodePoint);
-    for (const f of files) {
+    for (const f of imageFiles(join(root, dir), problems)) {
       const dot = f.lastIndexOf('.');
       entries.push({ path: join(root, dir, f), key: `${dir}/${f.slice(0, dot)}`, synset: dir, label });
     }

@@ -45,6 +45,7 @@ export type ProblemKind =
   | 'no-label'
   | 'unknown-synset'
   | 'unreadable'
+  | 'symlink-cycle'
   | 'no-class-box'
   | 'no-annotation'
   | 'duplicate-key'
