@@ -1,6 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
+import sharp from 'sharp';
+import { DecodeError, decodeTransform, probeImage } from '../src/data/decode.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeTar, readTarMembers, readWebDataset, webDatasetEntries, writeTar } from '../src/data/tar.js';
@@ -324,6 +327,53 @@ test('inspectData: a corrupt JPEG and a truncated tar are counted with file and 
     assert.match(r.problems.first[0]!, new RegExp(`^${bad.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}@${bOffset}: decode-error: b: `));
     assert.match(r.problems.first[1]!, /^.*cut-000000\.tar@\d+: truncated: archive ends inside member "f\.jpg"/);
     assert.ok(r.problems.first[1]!.startsWith(`${cut}@${fOffset}: truncated`), r.problems.first[1]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** A PNG whose header says 20000 x 20000 (a decompression bomb's header; the body is a 1x1 image's). */
+async function bombPng(): Promise<Buffer> {
+  const png = await sharp({ create: { width: 1, height: 1, channels: 3, background: '#808080' } }).png().toBuffer();
+  png.writeUInt32BE(20000, 16); // IHDR width, height
+  png.writeUInt32BE(20000, 20);
+  png.writeUInt32BE(crc32(png.subarray(12, 29)), 29); // IHDR's CRC covers its type and data
+  return png;
+}
+
+test('inspect, make-shards and training decode with one policy: a truncated JPEG is an error to all three, counted', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'casm-policy-'));
+  try {
+    const good = await digitJpeg(3, 56, 48, 90);
+    const truncated = good.subarray(0, Math.floor(good.length * 0.6));
+    // The header still reads: a header-only check calls it valid.
+    assert.equal((await probeImage(truncated)).width, 56);
+    await assert.rejects(decodeTransform(truncated, { kind: 'eval', size: 32 }), DecodeError);
+
+    const tar = join(dir, 'mixed-000000.tar');
+    writeTar(tar, [...webDatasetEntries('a', good, 0), ...webDatasetEntries('t', truncated, 1), ...webDatasetEntries('z', new Uint8Array(0), 1)]);
+    const r = await inspectData(tar);
+    assert.equal(r.samples, 1, JSON.stringify(r.problems));
+    assert.deepEqual(r.problems.byKind, { 'decode-error': 2 });
+    assert.match(r.problems.first.join('\n'), /mixed-000000\.tar@\d+: decode-error: t: decode failed/);
+
+    const root = join(dir, 'folder');
+    mkdirSync(join(root, 'n01'), { recursive: true });
+    writeFileSync(join(root, 'n01', 'good.jpg'), good);
+    writeFileSync(join(root, 'n01', 'cut.jpg'), truncated);
+    writeFileSync(join(root, 'n01', 'bomb.png'), await bombPng());
+    symlinkSync('/etc/passwd', join(root, 'n01', 'passwd.jpg'));
+    const lines: string[] = [];
+    const made = await makeShards({ root, out: join(dir, 'shards'), log: (l) => lines.push(l) });
+    assert.equal(made.samples, 1);
+    assert.deepEqual(made.problems.byKind, { 'decode-error': 3 });
+    const report = made.problems.format().join('\n');
+    assert.match(report, /cut\.jpg@0: decode-error: decode failed: .*: skipped/);
+    assert.match(report, /bomb\.png@0: decode-error: image of 20000x20000 = 400000000 pixels exceeds the pixel limit .*: skipped/);
+    assert.match(report, /passwd\.jpg@0: decode-error: not a decodable image .*: skipped/);
+    assert.match(lines.at(-1)!, /1 samples in 1 shards: .* \(3 skipped or reported\)/);
+    const packed = await collect(readWebDataset(made.shards[0]!));
+    assert.deepEqual(packed.map((s) => s.key), ['n01/good']);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

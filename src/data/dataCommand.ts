@@ -10,7 +10,7 @@ import { join, relative, resolve, isAbsolute } from 'node:path';
 import { writeFileAtomic } from '../util/atomicWrite.js';
 import { Rng } from '../util/rng.js';
 import { openDataset, readShard } from './dataset.js';
-import { DecodeError, probeImage, type ImageInfo } from './decode.js';
+import { DecodeError, verifyImage, type ImageInfo } from './decode.js';
 import { listImageFolder, type ImageFolderEntry } from './imageFolder.js';
 import { Problems, type ProblemKind, type Sample } from './samples.js';
 import { resolveDataSpec, type Layout } from './spec.js';
@@ -97,16 +97,30 @@ function fisherYates<T>(xs: T[], rng: Rng): void {
 }
 
 /** Reads files in order with a few reads in flight. */
-async function* readAhead(entries: ImageFolderEntry[], window = 16): AsyncGenerator<[ImageFolderEntry, Uint8Array | Error]> {
-  const read = (e: ImageFolderEntry) =>
-    readFile(e.path).then(
-      (b): Uint8Array | Error => b,
-      (err: unknown): Uint8Array | Error => (err instanceof Error ? err : new Error(String(err))),
-    );
-  const pending: Promise<Uint8Array | Error>[] = [];
+type Checked = { data: Uint8Array } | { kind: ProblemKind; message: string };
+
+/** Files read and decoded a few at a time ahead of the writer, in order. */
+async function* readAhead(entries: ImageFolderEntry[], window = 16): AsyncGenerator<[ImageFolderEntry, Checked]> {
+  const check = async (e: ImageFolderEntry): Promise<Checked> => {
+    let data: Uint8Array;
+    try {
+      data = await readFile(e.path);
+    } catch (err) {
+      return { kind: 'unreadable', message: (err as Error).message };
+    }
+    if (data.length === 0) return { kind: 'unreadable', message: 'empty file' };
+    try {
+      await verifyImage(data);
+    } catch (err) {
+      if (!(err instanceof DecodeError)) throw err;
+      return { kind: 'decode-error', message: `${err.message}: skipped` };
+    }
+    return { data };
+  };
+  const pending: Promise<Checked>[] = [];
   let next = 0;
   for (let i = 0; i < entries.length; i++) {
-    while (next < entries.length && pending.length < window) pending.push(read(entries[next++]!));
+    while (next < entries.length && pending.length < window) pending.push(check(entries[next++]!));
     yield [entries[i]!, await pending.shift()!];
   }
 }
@@ -116,7 +130,8 @@ async function* readAhead(entries: ImageFolderEntry[], window = 16): AsyncGenera
  * (or `.png` / `.webp`, by the file's first bytes) with the original bytes, `KEY.cls` (the class
  * index) and `KEY.json` ({"label", "synset"}); `out/synsets.txt` holds the sorted synset list.
  * Shards and the list are written atomically; existing shards with the prefix are never
- * overwritten (an error, before anything is written). Bad files are skipped and counted.
+ * overwritten (an error, before anything is written). Every image is decoded as training decodes
+ * it; what fails (unreadable, not an image, truncated, over the pixel limit) is skipped and counted.
  */
 export async function makeShards(opts: MakeShardsOptions): Promise<MakeShardsResult> {
   const { root, out } = opts;
@@ -186,16 +201,13 @@ export async function makeShards(opts: MakeShardsOptions): Promise<MakeShardsRes
   };
   const skip = (kind: ProblemKind, e: ImageFolderEntry, message: string) => problems.add(kind, e.path, 0, message);
 
-  for await (const [e, data] of readAhead(entries)) {
+  for await (const [e, checked] of readAhead(entries)) {
     filesDone++;
-    if (data instanceof Error) {
-      skip('unreadable', e, data.message);
+    if (!('data' in checked)) {
+      skip(checked.kind, e, checked.message);
       continue;
     }
-    if (data.length === 0) {
-      skip('unreadable', e, 'empty file');
-      continue;
-    }
+    const { data } = checked;
     const ext = sniffImageExt(data);
     if (ext === null) {
       skip('decode-error', e, 'not a JPEG, PNG or WebP file (by its first bytes): skipped');
@@ -256,7 +268,7 @@ export interface InspectReport {
   /** This job's shards. */
   shards: number;
   totalShards: number;
-  /** Samples whose image header reads (decode errors are in problems, not here). */
+  /** Samples whose image decodes as training decodes it (decode errors are in problems, not here). */
   samples: number;
   classes: {
     /** Classes with at least one sample. */
@@ -288,7 +300,7 @@ function summary(xs: number[]): Summary | null {
 }
 
 /**
- * Reads every sample of this job's shards, probes each image header, and reports the counts,
+ * Reads every sample of this job's shards, decodes each image as training does, and reports the counts,
  * classes, sizes, formats, boxes and problems. Nothing is fatal but an unreadable spec.
  */
 export async function inspectData(spec: string, opts: InspectOptions = {}): Promise<InspectReport> {
@@ -325,9 +337,9 @@ export async function inspectData(spec: string, opts: InspectOptions = {}): Prom
   };
   // never rejects (a probe still in flight when reading fails must not be an unhandled rejection)
   const probe = (s: Sample): Promise<ImageInfo | DecodeError | { bug: unknown }> =>
-    probeImage(s.image, { pixelLimit: opts.pixelLimit }).catch((e: unknown) => (e instanceof DecodeError ? e : { bug: e }));
+    verifyImage(s.image, { pixelLimit: opts.pixelLimit }).catch((e: unknown) => (e instanceof DecodeError ? e : { bug: e }));
 
-  // a few header probes in flight (sharp runs them on its thread pool), recorded in order
+  // a few decodes in flight (sharp runs them on its thread pool), recorded in order
   const inFlight: [Sample, ReturnType<typeof probe>][] = [];
   const drainOne = async () => {
     const [s, p] = inFlight.shift()!;

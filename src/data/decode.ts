@@ -110,6 +110,17 @@ export interface RgbImage {
   height: number;
 }
 
+/**
+ * Decodes the whole image as training does (same pixel limit, same failOn) and returns its header
+ * information: `data inspect` and `data make-shards` check with it, so they call valid exactly
+ * what training decodes (a truncated JPEG has a readable header, but fails here). Throws DecodeError.
+ */
+export async function verifyImage(bytes: Uint8Array, opts: DecodeOptions = {}): Promise<ImageInfo> {
+  const info = await probeImage(bytes, opts);
+  await toRgb(base(bytes, opts), info.width, info.height);
+  return info;
+}
+
 /** Whole image, upright, 8-bit RGB. */
 export async function decodeRgb(bytes: Uint8Array, opts: DecodeOptions = {}): Promise<RgbImage> {
   const info = await probeImage(bytes, opts);
