@@ -6,6 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +19,7 @@ import { CheckpointError, loadCheckpoint, readCheckpointState, resolveCheckpoint
 import { loadCluttered } from '../src/data/clutteredMnist.js';
 import { normalize } from '../src/data/normalize.js';
 import { maskBox } from '../src/eval/localization.js';
-import { buildMaskNetwork, ExportError, exportMasker, loadMaskNetwork, maxAbsDiff, type MaskerMeta } from '../src/export/exportMasker.js';
+import { buildMaskNetwork, ExportError, exportMasker, loadMaskNetwork, maxAbsDiff, specBytes, type MaskerMeta } from '../src/export/exportMasker.js';
 import { maskCommand } from '../src/export/maskCommand.js';
 import { webDatasetEntries, writeTar } from '../src/data/tar.js';
 import { PROJECT_VERSION } from '../src/version.js';
@@ -260,10 +261,67 @@ test('bad input: an incompatible checkpoint version, missing or truncated shards
   });
   cpSync(join(exportDir, 'group1-shard1of1.bin'), join(broken, 'group1-shard1of1.bin'));
   truncateSync(join(broken, 'group1-shard1of1.bin'), 100);
+  await assert.rejects(loadMaskNetwork(broken), /group1-shard1of1\.bin: corrupt \(sha256 differs from .*masker\.json\)/);
+  // An export from before masker.json recorded hashes: the manifest's sizes still catch it.
+  const metaPath = join(broken, 'masker.json');
+  writeFileSync(metaPath, JSON.stringify({ ...(JSON.parse(readFileSync(metaPath, 'utf8')) as MaskerMeta), files: undefined }));
   await assert.rejects(loadMaskNetwork(broken), /weight shards hold 100 bytes, model\.json's manifest needs \d+/);
   rmSync(join(broken, 'masker.json'));
   await assert.rejects(loadMaskNetwork(broken), /masker\.json: missing; is .* a directory written by 'casm export'\?/);
   await assert.rejects(loadMaskNetwork(join(root, 'nowhere')), /no such model directory/);
+});
+
+/** A copy of the export with float32 `value` written over the weights whose names match; masker.json's hashes made to agree. */
+function editedExport(name: string, weight: RegExp, value: number): string {
+  const dir = join(root, name);
+  cpSync(exportDir, dir, { recursive: true });
+  const json = JSON.parse(readFileSync(join(dir, 'model.json'), 'utf8')) as tf.io.ModelJSON;
+  const shard = join(dir, 'group1-shard1of1.bin');
+  const bytes = readFileSync(shard);
+  let offset = 0;
+  let edited = 0;
+  for (const spec of json.weightsManifest[0]!.weights) {
+    const n = specBytes(spec);
+    if (weight.test(spec.name)) {
+      for (let i = 0; i < n; i += 4) bytes.writeFloatLE(value, offset + i);
+      edited++;
+    }
+    offset += n;
+  }
+  assert.ok(edited > 0, `no weight matches ${weight}`);
+  writeFileSync(shard, bytes);
+  const metaPath = join(dir, 'masker.json');
+  const meta = JSON.parse(readFileSync(metaPath, 'utf8')) as MaskerMeta;
+  meta.files!['group1-shard1of1.bin'] = createHash('sha256').update(bytes).digest('hex');
+  writeFileSync(metaPath, JSON.stringify(meta));
+  return dir;
+}
+
+test('integrity: an edited shard is refused by its hash; non-finite weights and masks are refused naming the model', async () => {
+  const meta = JSON.parse(readFileSync(join(exportDir, 'masker.json'), 'utf8')) as MaskerMeta;
+  assert.deepEqual(Object.keys(meta.files!).sort(), ['group1-shard1of1.bin', 'model.json']);
+  assert.equal(meta.files!['model.json'], createHash('sha256').update(readFileSync(join(exportDir, 'model.json'))).digest('hex'));
+
+  const tampered = join(root, 'tampered');
+  cpSync(exportDir, tampered, { recursive: true });
+  const shard = readFileSync(join(tampered, 'group1-shard1of1.bin'));
+  shard.writeFloatLE(Number.NaN, 0);
+  writeFileSync(join(tampered, 'group1-shard1of1.bin'), shard);
+  await assert.rejects(loadMaskNetwork(tampered), /tampered\/group1-shard1of1\.bin: corrupt \(sha256 differs/);
+
+  // Hashes that agree (an export of a diverged run): the weights themselves are checked.
+  const nan = editedExport('nan-weights', /decoder_out\/kernel/, Number.NaN);
+  await assert.rejects(loadMaskNetwork(nan), /nan-weights: weight .*decoder_out.* holds NaN or infinite values/);
+
+  // Finite weights, NaN masks: a negative BatchNorm variance (sqrt of it) in the decoder.
+  const negative = editedExport('nan-masks', /decoder_bn1\/moving_variance/, -1);
+  const images = join(root, 'nan-images');
+  mkdirSync(images, { recursive: true });
+  writeFileSync(join(images, 'a.png'), await sharp({ create: { width: 40, height: 30, channels: 3, background: '#468' } }).png().toBuffer());
+  await assert.rejects(
+    maskCommand({ model: negative, inputs: [images], out: join(root, 'nan-out'), batchSize: 2, png: false, npy: false, boxes: false, log: () => {} }),
+    /nan-masks: the network gave a non-finite mask value \(NaN\) for .*a\.png/,
+  );
 });
 
 /** The exported network's masks of the test pixels, read through plain tfjs. */

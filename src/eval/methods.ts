@@ -11,7 +11,7 @@ import { loadCheckpoint, readCheckpointState, resolveCheckpoint, type Checkpoint
 import { denormalize } from '../data/normalize.js';
 import { Classifier } from '../explain/classifier.js';
 import { buildExplainer, METHODS as EXPLAIN_METHODS, parseMethods, type ExplainerOptions, type Method as ExplainMethod } from '../explain/explainCommand.js';
-import { loadMaskNetwork, type MaskerMeta } from '../export/exportMasker.js';
+import { checkMasksFinite, loadMaskNetwork, type MaskerMeta } from '../export/exportMasker.js';
 import { centreBox } from './localization.js';
 
 export const EVAL_METHODS = [...EXPLAIN_METHODS, 'full', 'centre'] as const;
@@ -110,10 +110,14 @@ export function buildMethods(methods: EvalMethod[], models: Models, o: Explainer
       case 'casm':
         // The exported network when given (what users deploy), else the checkpoint's masker.
         if (models.exported) {
-          const model = models.exported.model;
+          const { model, dir } = models.exported;
           return {
             name,
-            masks: (x) => fromTensor(tf.tidy(() => tf.squeeze(model.predict(tf.round(denormalize(x).mul(255))) as tf.Tensor4D, [3]) as tf.Tensor3D)),
+            masks: (x) => {
+              const masks = fromTensor(tf.tidy(() => tf.squeeze(model.predict(tf.round(denormalize(x).mul(255))) as tf.Tensor4D, [3]) as tf.Tensor3D));
+              checkMasksFinite(masks, dir, `a batch of ${x.shape[0]} evaluation images`);
+              return masks;
+            },
           };
         }
         break;

@@ -6,7 +6,7 @@
  *   <out>/group1-shard<i>of<n>.bin   weight shards (4 MiB each at most)
  *   <out>/masker.json           metadata (MASKER_FORMAT): input size and range, normalisation,
  *                               box threshold, training config and thinning, source checkpoint,
- *                               project version
+ *                               project version, sha256 of model.json and the shards
  *
  * The graph: image N x S x S x 3, float32 holding the 8-bit pixel values 0..255 (RGB, NHWC; what
  * tf.browser.fromPixels gives) -> the ImageNet normalisation inside the graph, as a per-channel
@@ -18,6 +18,7 @@
  * layer, so nothing nested or custom reaches model.json.
  */
 import * as tf from '@tensorflow/tfjs';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { TrainConfig } from '../casm/config.js';
@@ -41,6 +42,8 @@ export type Quantization = (typeof QUANTIZATIONS)[number];
 /** An export that cannot be made or an exported model directory that cannot be used. */
 export class ExportError extends Error {}
 
+const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
+
 export interface MaskerMeta {
   format: typeof MASKER_FORMAT;
   version: number;
@@ -60,6 +63,8 @@ export interface MaskerMeta {
   source: { checkpoint: string; step: number; checkpointVersion: number; projectVersion: string };
   /** Exported model vs the training-time masker on random images, measured at export. */
   exportCheck: { images: number; maxAbsDiff: number } | null;
+  /** sha256 (hex) of model.json and every weight shard, checked on load (absent in older exports). */
+  files?: Record<string, string>;
 }
 
 type Json = Record<string, unknown>;
@@ -363,6 +368,7 @@ export async function exportMasker(o: ExportOptions): Promise<ExportResult> {
       training: { config: state.config, thinning: state.config.thinning, score: state.config.score, step: state.step },
       source: { checkpoint: resolve(ckpt), step: state.step, checkpointVersion: state.version, projectVersion: state.projectVersion },
       exportCheck,
+      files: Object.fromEntries(['model.json', ...shards].map((f) => [f, sha256(join(dir, f))])),
     };
     writeFileAtomic(join(dir, 'masker.json'), JSON.stringify(meta, null, 2) + '\n');
     log(
@@ -399,8 +405,24 @@ export async function loadMaskNetwork(dir: string): Promise<{ model: tf.LayersMo
   if (meta.version !== MASKER_FORMAT_VERSION) {
     throw new ExportError(`${metaPath}: masker format version ${meta.version} (written by casm-ts ${meta.projectVersion}); this build (${PROJECT_VERSION}) reads version ${MASKER_FORMAT_VERSION}`);
   }
+  // A missing shard is reported by readLayersModel, naming the manifest that lists it.
+  for (const [file, hash] of Object.entries(meta.files ?? {})) {
+    const p = join(dir, file);
+    if (existsSync(p) && sha256(p) !== hash) throw new ExportError(`${p}: corrupt (sha256 differs from ${metaPath})`);
+  }
   const model = await readLayersModel(dir, json);
+  const bad = model.weights.find((w) => tf.tidy(() => tf.logicalNot(tf.all(tf.isFinite(w.read()))).dataSync()[0] === 1));
+  if (bad) {
+    model.dispose();
+    throw new ExportError(`${dir}: weight ${bad.originalName} holds NaN or infinite values; this export cannot give masks`);
+  }
   return { model, meta };
+}
+
+/** Masks from an exported network must be numbers: a non-finite one names the model and the image. */
+export function checkMasksFinite(values: Float32Array, modelDir: string, what: string): void {
+  const i = values.findIndex((v) => !Number.isFinite(v));
+  if (i >= 0) throw new ExportError(`${modelDir}: the network gave a non-finite mask value (${values[i]}) for ${what}`);
 }
 
 /**

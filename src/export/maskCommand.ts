@@ -24,7 +24,7 @@ import { loadImages, uniqueStems } from '../explain/images.js';
 import { countShard, openDataset } from '../data/dataset.js';
 import { DataLoader } from '../data/loader.js';
 import { formatDuration } from '../log/progress.js';
-import { loadMaskNetwork } from './exportMasker.js';
+import { checkMasksFinite, loadMaskNetwork } from './exportMasker.js';
 
 /** A wrong path or option: the CLI turns it into a usage error (exit code 2). */
 export class MaskUsageError extends Error {}
@@ -207,6 +207,7 @@ export async function maskCommand(o: MaskOptions): Promise<MaskResult> {
             const masks = model.predict(pixels) as tf.Tensor4D;
             values = masks.dataSync() as Float32Array;
             masks.dispose();
+            checkMasksFinite(values, o.model, batch.ids.map((d) => d.file).join(', '));
             if (o.png) pictures = imagesToRgb(x01);
           } finally {
             tf.dispose([x01, pixels]);
