@@ -8,7 +8,7 @@ import { existsSync, realpathSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { BN_STATISTICS, defaultTrainConfig, DEFAULT_OPTIM, type BnStatistics, type ClassifierStep, type TrainConfig } from './casm/config.js';
+import { BN_STATISTICS, defaultTrainConfig, DEFAULT_OPTIM, MASKER_IMAGES, type BnStatistics, type ClassifierStep, type MaskerImages, type TrainConfig } from './casm/config.js';
 import { THINNINGS, type Thinning } from './casm/pool.js';
 import { defaultLambda, SCORES, type Score } from './casm/score.js';
 import { runTraining } from './casm/train.js';
@@ -56,10 +56,11 @@ export interface Preset {
   /** ColorJitter strength (shards; 0: off). */
   colorJitter: number;
   bnStatistics: BnStatistics;
+  maskerImages: MaskerImages;
 }
 
 /** The paper's objective and the reference's augmentation and BatchNorm statistics. */
-const PAPER_TRAINING = { lambdaTv: 0, lambdaIn: 0, cropScale: 0.08, colorJitter: 0, bnStatistics: 'all' } as const;
+const PAPER_TRAINING = { lambdaTv: 0, lambdaIn: 0, cropScale: 0.08, colorJitter: 0, bnStatistics: 'all', maskerImages: 'correct' } as const;
 
 export const PRESETS = {
   /** The built-in digits demo: a small ResNet on 64px canvases, sized to train in minutes on 2 cores. */
@@ -116,6 +117,7 @@ export const PRESETS = {
     cropScale: 0.25,
     colorJitter: 0,
     bnStatistics: 'clean',
+    maskerImages: 'correct',
   },
 } satisfies Record<string, Preset>;
 export type PresetName = keyof typeof PRESETS;
@@ -183,6 +185,7 @@ interface TrainOptions {
   cropScale?: number;
   colorJitter?: number;
   bnStatistics?: BnStatistics;
+  maskerImages?: MaskerImages;
   preset?: PresetName;
   classifierStep: ClassifierStep;
   trainNoise: number;
@@ -218,6 +221,7 @@ export function trainConfigFrom(o: TrainOptions, classes: number): TrainConfig {
     lambdaR: o.lambdaR ?? defaultLambda(o.thinning, o.score, classes),
     maskTerms: { tv: o.lambdaTv ?? p.lambdaTv, maskedIn: o.lambdaIn ?? p.lambdaIn },
     bnStatistics: o.bnStatistics ?? p.bnStatistics,
+    maskerImages: o.maskerImages ?? p.maskerImages,
     classifierStep: o.classifierStep,
     trainNoise: o.trainNoise,
     warmupSteps: o.warmupSteps ?? p.warmupSteps,
@@ -305,6 +309,12 @@ function withTrainOptions(cmd: Command): Command {
     .option('--lambda-in <x>', `weight of the masked-in term CE(f'(m * x), y) on clean-correct images; 0 = off, the paper${presetHelp('lambdaIn')}`, num(0))
     .addOption(
       new Option('--bn-statistics <images>', `what the classifier's BatchNorm moving statistics average: 'all' its training-mode inputs, masked-out ones too (the reference), or 'clean' images only${presetHelp('bnStatistics')}`).choices(BN_STATISTICS),
+    )
+    .addOption(
+      new Option(
+        '--masker-images <which>',
+        `which images train the masker: 'correct' those the classifier gets right (the reference's adaptive lambda), or 'all' (every image, as at inference)${presetHelp('maskerImages')}`,
+      ).choices(MASKER_IMAGES),
     )
     .addOption(
       new Option('--classifier-step <kind>', "classifier update: eq. 8 'joint' or the reference's 'two-step'")

@@ -20,7 +20,7 @@ test('casm train --help lists every option with its default', () => {
   const { code, out: raw } = casm('train', '--help');
   assert.equal(code, 0);
   const out = raw.replace(/\s+/g, ' '); // commander wraps lines to the terminal width
-  for (const flag of ['--thinning', '--score', '--lambda-r', '--train-noise', '--resume', '--classifier-weights', '--backend', '--no-share-encoder', '--upsample', '--warmup-steps', '--seed', '--preset', '--lambda-tv', '--lambda-in', '--bn-statistics', '--crop-scale', '--color-jitter']) {
+  for (const flag of ['--thinning', '--score', '--lambda-r', '--train-noise', '--resume', '--classifier-weights', '--backend', '--no-share-encoder', '--upsample', '--warmup-steps', '--seed', '--preset', '--lambda-tv', '--lambda-in', '--bn-statistics', '--crop-scale', '--color-jitter', '--masker-images']) {
     assert.ok(out.includes(flag), `help lacks ${flag}`);
   }
   assert.match(out, /--thinning <strategy> classifier pool strategy \(choices: "F", "L", "FL", "L100", "L1000", default: "L100"\)/);

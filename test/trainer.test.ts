@@ -100,6 +100,32 @@ test('statistics of an iteration are in range', () => {
   tf.dispose([x, y]);
 });
 
+test("maskerImages: 'correct' learns nothing from images the classifier gets wrong; 'all' scores every image", () => {
+  const { x } = batch(3);
+  // Labels the untrained classifier gets wrong, every one (its training-mode argmax, as the iteration computes it, plus 1).
+  const probe = new CasmTrainer(tinyConfig());
+  const predicted = tf.tidy(() => tf.argMax((probe.classifier.apply(x, { training: true }) as tf.Tensor[])[5]!, 1).dataSync());
+  probe.dispose();
+  const y = tf.tensor1d(Array.from(predicted, (p) => (p + 1) % TINY.classes), 'int32');
+  const run = (maskerImages: 'correct' | 'all') => {
+    const trainer = new CasmTrainer(tinyConfig({ thinning: 'L', maskerImages }));
+    const s = trainer.iteration(x, y);
+    trainer.dispose();
+    return { s };
+  };
+  const correct = run('correct');
+  assert.equal(correct.s.accClean, 0);
+  assert.equal(correct.s.maskerLoss, 0, 'no image counts: the loss is 0');
+  assert.equal(correct.s.gated, 0);
+  const all = run('all');
+  assert.equal(all.s.accClean, 0);
+  // Every image counts: L = -mean H + lambda * mean(g * area), g = the masked-out image is wrong.
+  assert.ok(all.s.gated > 0, `gated ${all.s.gated}`);
+  assert.ok(all.s.maskerLoss < 0 && all.s.maskerLoss >= -all.s.entropy - 1e-6, `loss ${all.s.maskerLoss}, entropy ${all.s.entropy}`);
+  if (all.s.gated === 1) assert.ok(Math.abs(all.s.maskerLoss - (-all.s.entropy + all.s.lambda * all.s.areaMean)) < 1e-5);
+  tf.dispose([x, y]);
+});
+
 const trainable = (m: tf.LayersModel) => m.trainableWeights.map((w) => Float32Array.from(w.read().dataSync()));
 
 // BN statistics may have seen the bad batch (the forward pass updates them); the run stops anyway

@@ -10,6 +10,8 @@ import { defaultLambda, NO_MASK_TERMS, type MaskTerms, type Score } from './scor
 export type ClassifierStep = 'joint' | 'two-step';
 export const BN_STATISTICS = ['all', 'clean'] as const;
 export type BnStatistics = (typeof BN_STATISTICS)[number];
+export const MASKER_IMAGES = ['correct', 'all'] as const;
+export type MaskerImages = (typeof MASKER_IMAGES)[number];
 
 export interface OptimConfig {
   /** Classifier: SGD with momentum 0.9. */
@@ -40,6 +42,13 @@ export interface TrainConfig {
    * in training mode, masked-out ones too (the reference code), or 'clean' images only.
    */
   bnStatistics: BnStatistics;
+  /**
+   * Which images of a batch train the masker: 'correct', those the current classifier gets right
+   * (the reference's adaptive lambda: the score and the masked-in term count only there, the area
+   * only where the masked-out image is then wrong), or 'all': every image counts as if right, so
+   * the masker also learns what to do where the classifier errs, as it must at inference.
+   */
+  maskerImages: MaskerImages;
   /** 'joint': eq. 8 in one step (default); 'two-step': the reference's clean then masked steps. */
   classifierStep: ClassifierStep;
   /** SmoothGrad-style input noise level s for the classifier's training inputs; 0 = off. */
@@ -80,6 +89,7 @@ export function defaultTrainConfig(overrides: Partial<TrainConfig> = {}): TrainC
     lambdaR: defaultLambda(thinning, score, arch.classes),
     maskTerms: NO_MASK_TERMS,
     bnStatistics: 'all',
+    maskerImages: 'correct',
     classifierStep: 'joint',
     trainNoise: 0,
     warmupSteps: 0,

@@ -96,6 +96,7 @@ async function train(opts: RunOptions): Promise<RunResult> {
     `training ${config.thinning}/${config.score} lambda=${Number(config.lambdaR.toPrecision(4))}` +
       (config.maskTerms.tv > 0 || config.maskTerms.maskedIn > 0 ? ` lambda_tv=${config.maskTerms.tv} lambda_in=${config.maskTerms.maskedIn}` : '') +
       (config.bnStatistics === 'clean' ? ', classifier BatchNorm statistics of clean images' : '') +
+      (config.maskerImages === 'all' ? ', masker trained on all images' : '') +
       `, ${config.warmupSteps} warm-up steps on ${data.describe}, ` +
       `batch ${config.batchSize}, ${stepsPerEpoch} steps/epoch, steps ${trainer.step}..${totalSteps}; logs: ${tb.logdir}`,
   );

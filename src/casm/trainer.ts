@@ -153,6 +153,8 @@ export class CasmTrainer {
           }
         }
         const cleanCorrect = correct(cleanLogits, y);
+        // The images the masker's terms count (c_b of the score).
+        const counted = cfg.maskerImages === 'all' ? tf.onesLike(cleanCorrect) : cleanCorrect;
 
         // 3. Pool update (thinning): snapshot the updated classifier when the strategy says so.
         this.pool.update(this.step - cfg.warmupSteps, () => this.classifierWeights(), this.rng);
@@ -168,7 +170,7 @@ export class CasmTrainer {
             const maskedLogits = scorer(maskedOut(m));
             // The masked-in pass leaves the classifier's BatchNorm statistics as they were.
             const maskedInLogits = cfg.maskTerms.maskedIn > 0 ? scorer(tf.mul(m, x) as tf.Tensor4D, true) : null;
-            parts = maskerLoss(maskedLogits, y, cleanCorrect, m, cfg.lambdaR, cfg.score, cfg.maskTerms, maskedInLogits);
+            parts = maskerLoss(maskedLogits, y, counted, m, cfg.lambdaR, cfg.score, cfg.maskTerms, maskedInLogits);
             [parts.area, parts.entropy, parts.gated, parts.tv, parts.maskedIn].forEach(keep);
             maskedCorrect = keep(correct(maskedLogits, y));
             return parts.loss;

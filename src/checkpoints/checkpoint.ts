@@ -188,6 +188,7 @@ export function readCheckpointState(dir: string): CheckpointState {
   // Checkpoints from before these options existed trained without them.
   state.config.maskTerms ??= { ...NO_MASK_TERMS };
   state.config.bnStatistics ??= 'all';
+  state.config.maskerImages ??= 'correct';
   for (const [file, hash] of Object.entries(state.files)) {
     const p = join(dir, file);
     if (!existsSync(p)) throw new CheckpointError(`${p}: missing from the checkpoint`);
