@@ -9,7 +9,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import assert from 'node:assert/strict';
-import { copyFileSync, createReadStream, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, createReadStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -27,6 +27,7 @@ const CHROMIUM = process.env.CASM_CHROMIUM ?? '/usr/bin/chromium';
 const SIZE = 64;
 const root = mkdtempSync(join(tmpdir(), 'casm-browser-'));
 const exportDir = join(root, 'exported');
+const tamperedDir = join(root, 'tampered');
 const imagePath = join(root, 'digits.png');
 let server: Server | null = null;
 let base = '';
@@ -44,6 +45,7 @@ const TYPES: Record<string, string> = {
 function serve(): Promise<string> {
   const mounts: [string, string][] = [
     ['/web/model/', exportDir],
+    ['/web/tampered/', tamperedDir],
     ['/web/', join(REPO_ROOT, 'web')],
     ['/node_modules/@tensorflow/tfjs/dist/', join(REPO_ROOT, 'node_modules/@tensorflow/tfjs/dist')],
   ];
@@ -66,6 +68,11 @@ before(async () => {
   const runDir = join(root, 'run');
   await trainTinyRun(runDir, { inputSize: SIZE });
   await exportMasker({ checkpoint: runDir, out: exportDir });
+  // One weight byte changed after export: the page must refuse it.
+  cpSync(exportDir, tamperedDir, { recursive: true });
+  const shard = readFileSync(join(tamperedDir, 'group1-shard1of1.bin'));
+  shard[shard.length - 1] ^= 0x01;
+  writeFileSync(join(tamperedDir, 'group1-shard1of1.bin'), shard);
   // A canvas of real MNIST handwriting (cluttered digits), RGB PNG at the model's size.
   const set = await loadCluttered({ split: 'test', count: 2, seed: 5, size: SIZE, minDigit: 20, maxDigit: 40 });
   const rgb = Buffer.alloc(SIZE * SIZE * 3);
@@ -114,7 +121,7 @@ test("the web page runs the exported network in headless chromium; its mask matc
     });
     await page.goto(`${base}/web/index.html`);
     const ready = (await page.evaluate(() => (window as unknown as { casm: { ready: Promise<unknown> } }).casm.ready)) as { backend: string };
-    assert.match(await page.textContent('#status') ?? '', /model: .* on /);
+    assert.match(await page.textContent('#status') ?? '', /model: .*, sha256 checked\) on /);
 
     await page.setInputFiles('#file', imagePath);
     await page.waitForFunction(() => (window as unknown as { casm: { last: unknown; error: unknown } }).casm.last || (window as unknown as { casm: { error: unknown } }).casm.error, null, {
@@ -158,6 +165,11 @@ test("the web page runs the exported network in headless chromium; its mask matc
     await page.setInputFiles('#file', join(root, 'broken.png'));
     await page.waitForFunction(() => (window as unknown as { casm: { error: unknown } }).casm.error);
     assert.match(await page.textContent('#status') ?? '', /broken\.png: cannot decode it as an image/);
+
+    // A tampered export: refused before tfjs sees it, naming the file.
+    await page.goto(`${base}/web/index.html?model=tampered/`);
+    await page.waitForFunction(() => (window as unknown as { casm: { error: unknown } }).casm.error);
+    assert.match(await page.textContent('#status') ?? '', /cannot load the model: .*\/web\/tampered\/group1-shard1of1\.bin: corrupt \(sha256 differs from masker\.json\)/);
     assert.deepEqual(foreign, [], 'the page requested nothing outside the local server');
   } finally {
     await context.close();

@@ -73,6 +73,20 @@ export function maskBox(mask, h, w, alpha = 1) {
   return best;
 }
 
+/** The sha256 of every file masker.json lists, checked as `casm mask` checks them: a corrupt export is refused. */
+async function checkFiles(meta) {
+  if (!meta.files) return 'files not hashed (an older export)';
+  if (!globalThis.crypto?.subtle) return 'files not checked (no crypto.subtle: serve the page from localhost or https)';
+  for (const [file, hash] of Object.entries(meta.files)) {
+    const url = new URL(file, modelBase);
+    const res = await fetch(url);
+    if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);
+    const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', await res.arrayBuffer()));
+    if (Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('') !== hash) throw new Error(`${url}: corrupt (sha256 differs from masker.json)`);
+  }
+  return 'sha256 checked';
+}
+
 async function loadModel() {
   if (typeof tf === 'undefined') throw new Error('TensorFlow.js did not load (../node_modules/@tensorflow/tfjs/dist/tf.min.js)');
   if (params.get('backend')) await tf.setBackend(params.get('backend'));
@@ -83,8 +97,9 @@ async function loadModel() {
   const meta = await res.json();
   if (meta.format !== 'casm-ts-masker') throw new Error(`${metaUrl}: not a casm-ts-masker file`);
   if (meta.version !== 1) throw new Error(`${metaUrl}: masker format version ${meta.version}; this page reads version 1`);
+  const integrity = await checkFiles(meta);
   const model = await tf.loadLayersModel(new URL('model.json', modelBase).href);
-  return { model, meta };
+  return { model, meta, integrity };
 }
 
 function decode(file) {
@@ -137,6 +152,8 @@ async function run(state, file) {
   const maskTensor = tf.tidy(() => model.predict(tf.tensor4d(Float32Array.from(rgb), [1, h, w, 3])));
   const mask = await maskTensor.data();
   maskTensor.dispose();
+  const bad = mask.findIndex((v) => !Number.isFinite(v));
+  if (bad >= 0) throw new Error(`${modelBase.href}: the network gave a non-finite mask value (${mask[bad]}) for ${file.name}`);
   const ms = performance.now() - t0;
 
   const gray = new Uint8Array(w * h * 3);
@@ -170,7 +187,7 @@ window.casm.ready = loadModel().then(
     const { meta } = state;
     status(
       `model: ${modelBase.href} (casm-ts ${meta.projectVersion}, ${meta.training.thinning}/${meta.training.score}, step ${meta.source.step}, ` +
-        `${meta.input.width}x${meta.input.height}) on ${tf.getBackend()}. Pick or drop an image.`,
+        `${meta.input.width}x${meta.input.height}, ${state.integrity}) on ${tf.getBackend()}. Pick or drop an image.`,
     );
     const handle = (file) => {
       if (!file) return;
