@@ -13,6 +13,7 @@ import { runTraining, type RunOptions } from '../src/casm/train.js';
 import { CheckpointError, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { useTestBackend } from './helpers/backend.js';
+import { runPython } from './helpers/python.js';
 
 const root = mkdtempSync(join(tmpdir(), 'casm-ckpt-'));
 before(async () => {
@@ -127,4 +128,19 @@ test('a non-finite loss stops the run naming the step; the last good checkpoint 
   const latest = resolveCheckpoint(dir);
   assert.match(latest, /ckpt-00000006$/);
   assert.equal(readCheckpointState(latest).step, 6); // hashes verified
+});
+
+test('a diverging masker (lr 1e6) is warned about in the log and in TensorBoard; the run goes on', async () => {
+  const dir = join(root, 'diverging');
+  const lines: string[] = [];
+  const cfg = config({ optim: { ...config().optim, maskerLr: 1e6 } });
+  const res = await runTraining(options(dir, { config: cfg, logEvery: 2, maxSteps: 14, log: (l) => lines.push(l) }));
+  res.trainer.dispose();
+  const warnings = lines.filter((l) => l.startsWith('warning: '));
+  assert.ok(warnings.some((l) => /^warning: step \d+: masker weights have diverged \(max \|w\| = .* > 10000\)/.test(l)), lines.join('\n'));
+  assert.equal(readCheckpointState(res.checkpoint).step, 14);
+  const tb = JSON.parse(runPython('read_events.py', [join(dir, 'tb')])) as { scalars: Record<string, [number, number][]> };
+  const maxAbs = tb.scalars['health/masker_max_abs_weight']!;
+  assert.ok(maxAbs.length >= 7 && Math.max(...maxAbs.map(([, v]) => v)) > 1e4, JSON.stringify(maxAbs));
+  assert.equal(tb.scalars['health/warnings']!.reduce((n, [, v]) => n + v, 0), warnings.length);
 });

@@ -7,7 +7,8 @@ import { before, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { defaultTrainConfig, type TrainConfig } from '../src/casm/config.js';
 import { crossEntropy } from '../src/casm/score.js';
-import { CasmTrainer, NonFiniteLossError } from '../src/casm/trainer.js';
+import { DivergenceError, HealthWatch } from '../src/casm/divergence.js';
+import { CasmTrainer, NonFiniteLossError, type StepStats } from '../src/casm/trainer.js';
 import { buildResNet } from '../src/models/resnet.js';
 import { useTestBackend } from './helpers/backend.js';
 
@@ -196,4 +197,29 @@ test('tf.memory().numTensors stays flat over 200 iterations', () => {
   for (let i = 0; i < 200; i++) trainer.iteration(x, y);
   assert.equal(tf.memory().numTensors, start);
   tf.dispose([x, y]);
+});
+
+test('health: runaway weights and saturated masks are warned about once per episode; non-finite weights stop', () => {
+  const trainer = new CasmTrainer(tinyConfig({ thinning: 'L' }));
+  const watch = new HealthWatch({ maxAbsWeight: 100, saturatedArea: 0.02, saturatedChecks: 2 });
+  const stats = (areaMean: number) => ({ areaMean }) as StepStats;
+  assert.deepEqual(watch.check(trainer, stats(0.3)).warnings, []);
+  const kernel = trainer.masker.decoder.getLayer('decoder_out').getWeights()[0]!;
+  const big = tf.tidy(() => tf.mul(kernel, 0).add(1e3));
+  const bias = trainer.masker.decoder.getLayer('decoder_out').getWeights()[1]!;
+  trainer.masker.decoder.getLayer('decoder_out').setWeights([big, bias]);
+  const first = watch.check(trainer, stats(0.999));
+  assert.equal(first.maskerMaxAbs, 1e3);
+  assert.equal(first.warnings.length, 1);
+  assert.match(first.warnings[0]!, /masker weights have diverged \(max \|w\| = 1\.00e\+3 > 100\)/);
+  // Still diverged: no repeat; the second saturated check in a row warns about the masks.
+  const second = watch.check(trainer, stats(0.001));
+  assert.deepEqual(second.warnings.map((w) => w.split(' ')[0]), ['masks']);
+  assert.match(second.warnings[0]!, /all-0 or all-1 for 2 checks/);
+  assert.deepEqual(watch.check(trainer, stats(0.001)).warnings, []);
+  const nan = tf.tidy(() => tf.mul(kernel, Number.NaN));
+  trainer.masker.decoder.getLayer('decoder_out').setWeights([nan, bias]);
+  assert.throws(() => watch.check(trainer, stats(0.3)), (e: Error) => e instanceof DivergenceError && /step 0: masker weights are no longer finite/.test(e.message));
+  tf.dispose([big, nan]);
+  trainer.dispose();
 });

@@ -16,6 +16,7 @@ import { loadClassifierWeights } from '../models/weights.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
 import { architectureKey, type TrainConfig } from './config.js';
 import { openTrainData, type DataPlan, type HeldOut, type TrainData } from './trainData.js';
+import { HealthWatch } from './divergence.js';
 import { CasmTrainer, type StepStats } from './trainer.js';
 
 export interface RunOptions {
@@ -104,6 +105,18 @@ async function train(opts: RunOptions): Promise<RunResult> {
   const progress = new Progress(totalSteps, trainer.step, config.batchSize);
   let last: StepStats | null = null;
   let checkpoint = resumeDir ?? '';
+  const health = new HealthWatch();
+  const checkHealth = () => {
+    const h = health.check(trainer, last);
+    tb.scalar('health/classifier_max_abs_weight', h.classifierMaxAbs, trainer.step);
+    tb.scalar('health/masker_max_abs_weight', h.maskerMaxAbs, trainer.step);
+    for (const w of h.warnings) log(`warning: step ${trainer.step}: ${w}`);
+    tb.scalar('health/warnings', h.warnings.length, trainer.step);
+  };
+  const save = async () => {
+    checkHealth(); // nothing non-finite reaches a checkpoint
+    checkpoint = await saveCheckpoint(opts.outDir, trainer, run);
+  };
   try {
     while (trainer.step < totalSteps) {
       const batch = await data.next(trainer.step, stepsPerEpoch);
@@ -117,16 +130,15 @@ async function train(opts: RunOptions): Promise<RunResult> {
       writeScalars(tb, last, rate);
       tb.scalar('data/wait_ms', batch.waitMs, last.step);
       if (data.problems) tb.scalar('data/problems', data.problems.count, last.step);
-      if (trainer.step % opts.logEvery === 0 || trainer.step === totalSteps) log(progress.line(trainer.step, summary(last, batch.waitMs, data)));
-      if (trainer.step % opts.imageEvery === 0 && trainer.step < totalSteps) await logMaskGrid(tb, trainer, data.heldOut, trainer.step, null);
-      if (trainer.step % opts.checkpointEvery === 0 && trainer.step < totalSteps) {
-        checkpoint = await saveCheckpoint(opts.outDir, trainer, run);
+      if (trainer.step % opts.logEvery === 0 || trainer.step === totalSteps) {
+        log(progress.line(trainer.step, summary(last, batch.waitMs, data)));
+        checkHealth();
       }
+      if (trainer.step % opts.imageEvery === 0 && trainer.step < totalSteps) await logMaskGrid(tb, trainer, data.heldOut, trainer.step, null);
+      if (trainer.step % opts.checkpointEvery === 0 && trainer.step < totalSteps) await save();
       tb.flush();
     }
-    if (checkpoint === '' || !checkpoint.endsWith(String(trainer.step).padStart(8, '0'))) {
-      checkpoint = await saveCheckpoint(opts.outDir, trainer, run);
-    }
+    if (checkpoint === '' || !checkpoint.endsWith(String(trainer.step).padStart(8, '0'))) await save();
     log(`checkpoint: ${checkpoint}`);
     const evaluation = evaluateHeldOut(trainer, data.heldOut);
     writeFileAtomic(join(opts.outDir, 'eval.json'), JSON.stringify({ step: trainer.step, ...evaluation }, null, 2));
