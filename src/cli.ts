@@ -4,7 +4,7 @@
  * or value prints what is wrong and exits with code 2; a run that fails exits with code 1.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { existsSync, realpathSync } from 'node:fs';
+import { existsSync, realpathSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -25,6 +25,7 @@ import { explainCommand, ExplainUsageError, METHODS, parseMethods, type ExplainO
 import { SMOOTHGRAD_DEFAULTS } from './explain/smoothGrad.js';
 import { exportMasker, QUANTIZATIONS, type Quantization } from './export/exportMasker.js';
 import { maskCommand, MaskUsageError } from './export/maskCommand.js';
+import { expandInputs, ImageInputError } from './explain/images.js';
 import { DIGITS_EVAL_COUNT, type EvalDataOptions } from './eval/evalData.js';
 import { BINARIZATIONS, type Binarization } from './eval/localization.js';
 import { evalClassifiers } from './eval/classifiersCommand.js';
@@ -144,7 +145,9 @@ function int(min: number) {
 function num(min: number, max = Infinity) {
   return (v: string): number => {
     const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`expected a number in [${min}, ${max}]`);
+    if (v.trim() === '' || !Number.isFinite(n) || n < min || n > max) {
+      throw new InvalidArgumentError(max === Infinity ? `expected a finite number >= ${min}` : `expected a number in [${min}, ${max}]`);
+    }
     return n;
   };
 }
@@ -376,6 +379,14 @@ function resumedOptions(o: TrainOptions, cmd: Command, log: (line: string) => vo
   return { ...(saved as TrainOptions), ...runtime };
 }
 
+/** Checks every command shares: this job's share of the shards, and an output folder that can be one. */
+function checkCommonOptions(o: { shardIndex?: number; numShards?: number; out?: string }): void {
+  if (o.shardIndex !== undefined && o.numShards !== undefined && o.shardIndex >= o.numShards) {
+    throw new UsageError(`--shard-index ${o.shardIndex}: must be below --num-shards ${o.numShards}`);
+  }
+  if (o.out !== undefined && existsSync(o.out) && !statSync(o.out).isDirectory()) throw new UsageError(`--out ${o.out}: exists and is not a directory`);
+}
+
 /** Paths given on the command line must exist: a usage error naming the flag otherwise. */
 function requirePaths(paths: Record<string, string | undefined>): void {
   for (const [flag, path] of Object.entries(paths)) {
@@ -386,7 +397,6 @@ function requirePaths(paths: Record<string, string | undefined>): void {
 /** Checks of training options that need no engine: paths exist, data specs match files. */
 function checkTrainOptions(o: TrainOptions): void {
   if (o.inputSize !== undefined && o.inputSize % 32 !== 0) throw new UsageError(`--input-size ${o.inputSize}: must be a multiple of 32`);
-  if (o.shardIndex >= o.numShards) throw new UsageError(`--shard-index ${o.shardIndex}: must be below --num-shards ${o.numShards}`);
   requirePaths({ '--resume': o.resume, '--classifier-weights': o.classifierWeights, '--synsets': o.synsets, '--boxes': o.boxes });
   // A spec that matches nothing is an error before anything starts.
   for (const [flag, spec] of [['--data', o.data], ['--val', o.val]] as const) {
@@ -405,7 +415,8 @@ export function buildProgram(argv: string[] = []): Command {
     .description('Classifier-agnostic saliency masks (CASM) on TensorFlow.js')
     .version(PROJECT_VERSION)
     .exitOverride()
-    .showHelpAfterError();
+    .showHelpAfterError()
+    .hook('preAction', (_, command) => checkCommonOptions(command.opts()));
   withTrainOptions(program.command('train'))
     .description('train a classifier and a masker in alternation (spec section 2)')
     .action(async (given: TrainOptions, cmd: Command) => {
@@ -477,7 +488,7 @@ export function buildProgram(argv: string[] = []): Command {
   program
     .command('explain')
     .description('saliency maps of images: CASM masks and gradient baselines (spec section 3) as heatmaps, overlays and a grid')
-    .argument('<images...>', 'image files (JPEG, PNG, WebP, ...); one that cannot be decoded is reported and skipped')
+    .argument('<images...>', 'image files (JPEG, PNG, WebP, ...) and folders of them; one that cannot be decoded is reported and skipped')
     .requiredOption('--checkpoint <dir>', 'a run directory (its latest checkpoint) or one checkpoint')
     .requiredOption('--out <dir>', 'directory for <image>-<method>-{heatmap,overlay}.png and grid.png')
     .addOption(
@@ -502,13 +513,10 @@ export function buildProgram(argv: string[] = []): Command {
     .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'))
     .action(async (images: string[], o: Omit<ExplainOptions, 'images' | 'methods' | 'log'> & { method: Method[]; backend: BackendChoice }) => {
       requirePaths({ '--checkpoint': o.checkpoint });
+      const files = await usage(() => expandInputs(images));
       const log = (line: string) => console.log(line);
       await initEngine(o.backend, log);
-      try {
-        await explainCommand({ ...o, images, methods: o.method, log });
-      } catch (e) {
-        throw e instanceof ExplainUsageError ? new UsageError(e.message) : e;
-      }
+      await usage(() => explainCommand({ ...o, images: files, methods: o.method, log }));
     });
   program
     .command('export')
@@ -541,7 +549,6 @@ export function buildProgram(argv: string[] = []): Command {
     .action(async (images: string[], o: MaskCliOptions) => {
       requirePaths({ '--model': o.model });
       if ((images.length > 0) === (o.data !== undefined)) throw new UsageError('give image files and folders, or --data <spec>, not both');
-      if (o.shardIndex >= o.numShards) throw new UsageError(`--shard-index ${o.shardIndex}: must be below --num-shards ${o.numShards}`);
       if (o.data !== undefined) {
         try {
           resolveDataSpec(o.data);
@@ -552,11 +559,7 @@ export function buildProgram(argv: string[] = []): Command {
       const log = (line: string) => console.log(line);
       await initEngine(o.backend, log);
       const { data, shardIndex, numShards, workers, ...rest } = o;
-      try {
-        await maskCommand({ ...rest, inputs: images, ...(data !== undefined ? { data: { spec: data, shardIndex, numShards, workers } } : {}), log });
-      } catch (e) {
-        throw e instanceof MaskUsageError ? new UsageError(e.message) : e;
-      }
+      await usage(() => maskCommand({ ...rest, inputs: images, ...(data !== undefined ? { data: { spec: data, shardIndex, numShards, workers } } : {}), log }));
     });
   const evaluate = program.command('eval').description('evaluate masks: localisation (spec section 4)');
   withEvalDataOptions(evaluate.command('localization'))
@@ -763,12 +766,13 @@ function evalDataOptions(o: EvalCliOptions): Omit<EvalDataOptions, 'size' | 'onP
   };
 }
 
-/** Runs an evaluation; its usage errors (a method the models cannot run) exit with code 2. */
-async function usage<T>(run: () => Promise<T>): Promise<T> {
+/** Runs a command's work; the usage errors of its modules (a bad input path, a method the models cannot run...) exit with code 2. */
+async function usage<T>(run: () => T | Promise<T>): Promise<T> {
   try {
     return await run();
   } catch (e) {
-    throw e instanceof EvalUsageError ? new UsageError(e.message) : e;
+    const usageErrors = [EvalUsageError, ExplainUsageError, MaskUsageError, ImageInputError];
+    throw usageErrors.some((k) => e instanceof k) ? new UsageError((e as Error).message) : e;
   }
 }
 

@@ -103,6 +103,10 @@ test('a corrupt checkpoint is refused, naming the file', () => {
   bytes[bytes.length - 3] ^= 0xff;
   writeFileSync(file, bytes);
   assert.throws(() => readCheckpointState(bad), (e: Error) => e instanceof CheckpointError && e.message.includes(`${file}: corrupt`));
+  const state = JSON.parse(readFileSync(join(straight, 'state.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(join(bad, 'masker.safetensors'), readFileSync(join(straight, 'masker.safetensors')));
+  writeFileSync(join(bad, 'state.json'), JSON.stringify({ ...state, config: {} }));
+  assert.throws(() => readCheckpointState(bad), /state\.json: its config lacks thinning, score, .*arch\.depths, arch\.width/);
   writeFileSync(join(bad, 'state.json'), '{"format": "casm-ts-checkpoint", ');
   assert.throws(() => readCheckpointState(bad), /state\.json: unreadable checkpoint state/);
   assert.throws(() => resolveCheckpoint(join(root, 'nope')), /nope: no such checkpoint or run directory/);

@@ -39,6 +39,8 @@ test('casm --help names the train command', () => {
 test('bad invocations exit with code 2 and say what is wrong', () => {
   writeFileSync(join(tmp, 'one.tar'), '');
   writeFileSync(join(tmp, 'synsets.txt'), 'n01\nn02\nn03\n');
+  for (const d of ['classes/n01', 'classes/n02', 'no-images']) mkdirSync(join(tmp, d), { recursive: true });
+  writeFileSync(join(tmp, 'a-file'), '');
   const cases: [string[], RegExp][] = [
     [['train', '--thinning', 'L7'], /argument 'L7' is invalid.*Allowed choices are F, L, FL, L100, L1000/],
     [['train', '--batch-size', 'many'], /--batch-size.*expected an integer >= 1/],
@@ -51,6 +53,12 @@ test('bad invocations exit with code 2 and say what is wrong', () => {
     [['train', '--classes', '0-9', '--epoch-fraction', '0'], /--epoch-fraction.*expected a number in/],
     [['train', '--resume', join(tmp, 'nowhere')], /--resume .*nowhere: no such file or directory/],
     [['train', '--data', join(tmp, 'one.tar'), '--synsets', join(tmp, 'synsets.txt'), '--num-classes', '2'], /--num-classes 2: fewer than the 3 classes of --synsets .*synsets.txt/],
+    [['train', '--lambda-r', 'Infinity'], /--lambda-r <x>' argument 'Infinity' is invalid\. expected a finite number >= 0/],
+    [['train', '--data', join(tmp, 'classes')], /--data: .*image folder .*classes": none of its 2 class folders holds an image file/],
+    [['train', '--data', join(tmp, 'no-images')], /--data: .*no-images" is empty/],
+    [['data', 'inspect', join(tmp, 'one.tar'), '--shard-index', '3', '--num-shards', '2'], /--shard-index 3: must be below --num-shards 2/],
+    [['export', '--checkpoint', tmp, '--out', join(tmp, 'a-file')], /--out .*a-file: exists and is not a directory/],
+    [['explain', join(tmp, 'no-images'), '--checkpoint', tmp, '--out', join(tmp, 'ex')], /no image files in .*no-images/],
   ];
   for (const [args, message] of cases) {
     const { code, err } = casm(...args);

@@ -4,9 +4,9 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
@@ -84,6 +84,16 @@ test('every method: heatmap and overlay per image, one grid; the undecodable fil
       }
     }
   }
+});
+
+test('a folder argument explains the images in it (as casm mask does)', () => {
+  const folder = join(tmp, 'folder');
+  mkdirSync(folder);
+  for (const f of [images[0]!, images[2]!]) copyFileSync(f, join(folder, basename(f)));
+  const out = join(tmp, 'out-folder');
+  const { code, err } = casm('--checkpoint', run, '--out', out, '--method', 'vanilla', folder);
+  assert.equal(code, 0, err);
+  for (const name of ['digit-a', 'digit-b']) assert.ok(existsSync(join(out, `${name}-vanilla-heatmap.png`)), name);
 });
 
 test('bad invocations: unknown method or layer lists the valid ones (exit 2); target out of range is named (exit 2); nothing decodable (exit 1)', () => {

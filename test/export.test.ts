@@ -391,6 +391,8 @@ test('casm mask --data: shards through the decode workers give the same masks; a
   const shard = join(root, 'digits-0.tar');
   const entries = imageFiles.flatMap((f, i) => webDatasetEntries(`d/digit${i}`, readFileSync(f), i, 'png'));
   entries.splice(4, 0, ...webDatasetEntries('d/broken', Buffer.from('not an image'), 0, 'png'));
+  // A label without an image: reported, but no image of the 7 the progress counts.
+  entries.push({ name: 'd/lonely.cls', data: '3' });
   writeTar(shard, entries);
   const out = join(root, 'mask-shards');
   const logs: string[] = [];
@@ -409,9 +411,10 @@ test('casm mask --data: shards through the decode workers give the same masks; a
   assert.equal(tf.memory().numTensors, before, 'casm mask --data leaks no tensors');
   assert.deepEqual(result.records.map((r) => r.name), ['d_digit0', 'd_digit1', 'd_digit2', 'd_digit3', 'd_digit4', 'd_digit5']);
   assert.ok(result.records.every((r) => r.file.startsWith(`${shard}@`)));
-  assert.equal(result.skipped.length, 1);
-  assert.ok(result.skipped[0]!.startsWith(`${shard}@`) && /@\d+$/.test(result.skipped[0]!), result.skipped[0]);
-  assert.match(logs.join('\n'), /mask: 7\/7 images, 6 masks, 1 skipped/);
+  assert.equal(result.skipped.length, 2);
+  assert.ok(result.skipped.every((s) => s.startsWith(`${shard}@`) && /@\d+$/.test(s)), result.skipped.join());
+  assert.match(logs.join('\n'), /mask: 7\/7 images, 6 masks, 2 skipped \(100%\)/);
+  assert.ok(!logs.some((l) => /mask: \d+\/7 images.*\((1[0-9][1-9]|[2-9]\d\d)%\)/.test(l)), 'never above 100%');
   const values = await exportedMasks();
   let worst = 0;
   for (const [i, r] of result.records.entries()) {

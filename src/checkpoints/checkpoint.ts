@@ -185,6 +185,12 @@ export function readCheckpointState(dir: string): CheckpointState {
   if (state.version !== CHECKPOINT_VERSION) {
     throw new CheckpointError(`${path}: checkpoint format version ${state.version}, this build reads ${CHECKPOINT_VERSION}`);
   }
+  const cfg = state.config as Partial<TrainConfig>;
+  const lacking = [
+    ...(['thinning', 'score', 'lambdaR', 'optim', 'batchSize', 'epochs', 'stepsPerEpoch', 'seed', 'masker'] as const).filter((k) => cfg[k] === undefined),
+    ...(['depths', 'width', 'classes', 'inputSize'] as const).filter((k) => cfg.arch?.[k] === undefined).map((k) => `arch.${k}`),
+  ];
+  if (lacking.length > 0) throw new CheckpointError(`${path}: its config lacks ${lacking.join(', ')}`);
   // Checkpoints from before these options existed trained without them.
   state.config.maskTerms ??= { ...NO_MASK_TERMS };
   state.config.bnStatistics ??= 'all';

@@ -8,9 +8,8 @@ import { readdirSync, readFileSync, realpathSync, statSync, type Dirent } from '
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Problems, sampleStream, type Sample, type SampleStream } from './samples.js';
+import { IMAGE_FILE_EXTS } from './spec.js';
 
-/** torchvision's IMG_EXTENSIONS that sharp decodes. */
-export const IMAGE_FILE_EXTS = ['.jpg', '.jpeg', '.png', '.webp', '.tif', '.tiff'];
 
 const byCodePoint = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 

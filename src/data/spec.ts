@@ -10,6 +10,9 @@ import { closeSync, existsSync, openSync, readdirSync, readSync, statSync } from
 import { basename } from 'node:path';
 import { maskedCrc32c } from '../util/crc32c.js';
 
+/** torchvision's IMG_EXTENSIONS that sharp decodes: the files an ImageFolder holds. */
+export const IMAGE_FILE_EXTS = ['.jpg', '.jpeg', '.png', '.webp', '.tif', '.tiff'];
+
 export type Layout = 'webdataset' | 'tfrecord' | 'imagefolder';
 
 export class DataSpecError extends Error {
@@ -249,6 +252,17 @@ function merge(parts: Part[]): Part {
   return { layout: first!.layout, files };
 }
 
+/** Whether an image file lies in dir or below it (at most `depth` levels; stops at the first). */
+function holdsImage(dir: string, depth: number): boolean {
+  for (const e of listDir(dir)) {
+    const path = joinPath(dir, e.name);
+    const st = statSync(path, { throwIfNoEntry: false });
+    if (st?.isFile() && IMAGE_FILE_EXTS.some((x) => e.name.toLowerCase().endsWith(x))) return true;
+    if (st?.isDirectory() && depth > 0 && !e.name.startsWith('.') && holdsImage(path, depth - 1)) return true;
+  }
+  return false;
+}
+
 /** A directory: an image folder when it has class sub-directories, else the shards inside it. */
 function resolveDirectory(dir: string, forced: Layout | undefined): Part {
   const dirs: string[] = [];
@@ -263,6 +277,9 @@ function resolveDirectory(dir: string, forced: Layout | undefined): Part {
   }
   if (forced === 'imagefolder' || (forced === undefined && dirs.length > 0)) {
     if (dirs.length === 0) throw new DataSpecError(`directory ${q(dir)} has no class sub-directories`);
+    if (!dirs.some((d) => holdsImage(d, 8))) {
+      throw new DataSpecError(`image folder ${q(dir)}: none of its ${dirs.length} class folders holds an image file (${IMAGE_FILE_EXTS.join(' ')})`);
+    }
     return { layout: 'imagefolder', files: [dir] };
   }
   if (files.length === 0) {

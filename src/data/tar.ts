@@ -300,7 +300,7 @@ export function readWebDataset(src: ByteSource, opts: WebDatasetOptions = {}): S
         const missing = [imgExt === undefined ? 'an image (.jpg/.png)' : '', lab.label === undefined ? 'a label (.cls/.json)' : '']
           .filter(Boolean)
           .join(' and ');
-        problems.add('incomplete-sample', file, offset, `sample ${JSON.stringify(key)} has no ${missing} (members: ${[...parts.keys()].join(', ')})`);
+        problems.add('incomplete-sample', file, offset, `sample ${JSON.stringify(key)} lacks ${missing} (members: ${[...parts.keys()].join(', ')})`);
         return null;
       }
       const s: Sample = { key, image: parts.get(imgExt)!, label: lab.label, source: { file, offset } };

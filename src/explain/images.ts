@@ -5,9 +5,33 @@
  * (normalize.ts). A file that cannot be decoded is reported and skipped.
  */
 import * as tf from '@tensorflow/tfjs';
-import { basename, extname } from 'node:path';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { basename, extname, join } from 'node:path';
 import sharp from 'sharp';
 import { normalize } from '../data/normalize.js';
+
+/** A path given as an input that is missing, or inputs that hold no file: a usage error. */
+export class ImageInputError extends Error {}
+
+/** Files and folders (each contributes its files, sorted, hidden ones skipped) -> files; a missing path or no file at all is an ImageInputError. */
+export function expandInputs(inputs: string[]): string[] {
+  const files: string[] = [];
+  for (const p of inputs) {
+    if (!existsSync(p)) throw new ImageInputError(`${p}: no such file or directory`);
+    if (statSync(p).isDirectory()) {
+      const inside = readdirSync(p)
+        .filter((f) => !f.startsWith('.'))
+        .sort()
+        .map((f) => join(p, f))
+        .filter((f) => statSync(f).isFile());
+      files.push(...inside);
+    } else {
+      files.push(p);
+    }
+  }
+  if (files.length === 0) throw new ImageInputError(`no image files in ${inputs.join(', ')}`);
+  return files;
+}
 
 export interface DecodedImages {
   /** N x height x width x channels, normalised. */

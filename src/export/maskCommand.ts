@@ -15,14 +15,15 @@
  * Files that cannot be decoded are skipped, logged, listed at the end and in masks.jsonl.
  */
 import * as tf from '@tensorflow/tfjs';
-import { appendFileSync, existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { denormalize } from '../data/normalize.js';
 import { maskBox, type Box } from '../eval/localization.js';
 import { colorize, imagesToRgb, overlay, png } from '../explain/display.js';
-import { loadImages, uniqueStems } from '../explain/images.js';
+import { expandInputs, loadImages, uniqueStems } from '../explain/images.js';
 import { countShard, openDataset } from '../data/dataset.js';
 import { DataLoader } from '../data/loader.js';
+import type { ProblemKind } from '../data/samples.js';
 import { formatDuration } from '../log/progress.js';
 import { checkMasksFinite, loadMaskNetwork } from './exportMasker.js';
 
@@ -59,25 +60,6 @@ export interface MaskResult {
   jsonl: string;
 }
 
-/** Files and folders -> files. */
-export function expandInputs(inputs: string[]): string[] {
-  const files: string[] = [];
-  for (const p of inputs) {
-    if (!existsSync(p)) throw new MaskUsageError(`${p}: no such file or directory`);
-    if (statSync(p).isDirectory()) {
-      const inside = readdirSync(p)
-        .filter((f) => !f.startsWith('.'))
-        .sort()
-        .map((f) => join(p, f))
-        .filter((f) => statSync(f).isFile());
-      files.push(...inside);
-    } else {
-      files.push(p);
-    }
-  }
-  if (files.length === 0) throw new MaskUsageError(`no image files in ${inputs.join(', ')}`);
-  return files;
-}
 
 /** A float32 H x W array as NumPy .npy (format 1.0). */
 export function npyBytes(data: Float32Array, shape: number[]): Buffer {
@@ -110,8 +92,15 @@ interface ImageBatch {
   ids: { file: string; name: string }[];
   x: tf.Tensor4D | null;
   indices: number[];
-  skipped: { file: string; reason: string }[];
+  /** `counted`: one of the source's `total` images that is not among `ids` (a sample that failed to decode). */
+  skipped: { file: string; reason: string; counted: boolean }[];
 }
+
+/**
+ * Problems of a sample the headers counted (it has an image); the others (a lone label, a bad tar
+ * member, a truncated archive) are reported but are no image of the total.
+ */
+const SAMPLE_PROBLEMS = new Set<ProblemKind>(['decode-error', 'bad-label']);
 
 interface ImageSource {
   describe: string;
@@ -127,7 +116,7 @@ function fileSource(inputs: string[], h: number, w: number, batchSize: number): 
     for (let start = 0; start < files.length; start += batchSize) {
       const ids = files.slice(start, start + batchSize).map((file, i) => ({ file, name: names[start + i]! }));
       const skipped: ImageBatch['skipped'] = [];
-      const decoded = await loadImages(ids.map((d) => d.file), [h, w, 3], (file, reason) => skipped.push({ file, reason }));
+      const decoded = await loadImages(ids.map((d) => d.file), [h, w, 3], (file, reason) => skipped.push({ file, reason, counted: false }));
       yield { ids, x: decoded?.x ?? null, indices: decoded?.indices ?? [], skipped };
     }
   }
@@ -145,7 +134,7 @@ async function shardSource(data: NonNullable<MaskOptions['data']>, size: number,
     size,
     seed: 0,
     shuffleBuffer: 0,
-    onProblem: (p) => pending.push({ file: `${p.file}@${p.offset}`, reason: `${p.kind}: ${p.message}` }),
+    onProblem: (p) => pending.push({ file: `${p.file}@${p.offset}`, reason: `${p.kind}: ${p.message}`, counted: SAMPLE_PROBLEMS.has(p.kind) }),
   });
   const used = new Set<string>();
   const nameOf = (key: string) => {
@@ -238,7 +227,7 @@ export async function maskCommand(o: MaskOptions): Promise<MaskResult> {
       const order = new Map(batch.ids.map((d, i) => [d.file, i]));
       lines.sort((a, b) => (order.get((JSON.parse(a) as { file: string }).file) ?? -1) - (order.get((JSON.parse(b) as { file: string }).file) ?? -1));
       if (lines.length) appendFileSync(jsonl, lines.join('\n') + '\n');
-      done += batch.ids.length + (o.data ? batch.skipped.length : 0);
+      done += batch.ids.length + batch.skipped.filter((s) => s.counted).length;
       const secs = (performance.now() - t0) / 1000;
       const rate = result.records.length / Math.max(secs, 1e-9);
       const eta = (Math.max(0, source.total - done) * secs) / Math.max(done, 1);
