@@ -112,6 +112,15 @@ test('eval localization --seen / --target / --compare: seen and unseen apart, ta
     close(whole.le * 24, seen.methods[m]!.le * seen.images + unseen.methods[m]!.le * unseen.images, 1e-9, `${m} LE`);
     close(whole.f1 * 24, seen.methods[m]!.f1 * seen.images + unseen.methods[m]!.f1 * unseen.images, 1e-9, `${m} F1`);
   }
+  // Seen images by the classifier's answer: the parts add up to the seen figures; right has top-1 1, wrong 0.
+  const { right, wrong } = auto.byClassifier!;
+  assert.equal((right?.images ?? 0) + (wrong?.images ?? 0), seen.images);
+  if (right) assert.equal(right.classifierTop1, 1);
+  if (wrong) assert.equal(wrong.classifierTop1, 0);
+  for (const m of ['casm', 'vanilla']) {
+    const parts = [right, wrong].filter((p) => p !== null);
+    close(seen.methods[m]!.le * seen.images, parts.reduce((a, p) => a + p!.methods[m]!.le * p!.images, 0), 1e-9, `${m} LE right + wrong`);
+  }
   // The same run compared with itself: casm-<its thinning> scores exactly like casm.
   const thinning = readCheckpointState(resolveCheckpoint(runDir)).config.thinning;
   assert.deepEqual(auto.methods[`casm-${thinning}`], auto.methods['casm']);

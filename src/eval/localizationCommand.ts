@@ -63,6 +63,11 @@ export interface LocalizationReport {
   methods: Record<string, MethodResult>;
   /** With `seen`: the same figures on images of seen and of unseen classes (null: none of them). */
   bySplit: { seenClasses: number[]; seen: SplitResult | null; unseen: SplitResult | null } | null;
+  /**
+   * With a classifier: the figures on the (seen, with `seen`) images it classifies right and on
+   * those it gets wrong; where masks fail is often where the classifier does.
+   */
+  byClassifier: { right: SplitResult | null; wrong: SplitResult | null } | null;
   seconds: number;
 }
 
@@ -142,6 +147,7 @@ export async function evalLocalization(o: LocalizationOptions): Promise<{ report
     const all = new SplitTally(names, o.binarization, o.alpha);
     const seenSet = o.seen ? new Set(o.seen) : null;
     const split = seenSet ? { seen: new SplitTally(names, o.binarization, o.alpha), unseen: new SplitTally(names, o.binarization, o.alpha) } : null;
+    const byClassifier = models.checkpoint ? { right: new SplitTally(names, o.binarization, o.alpha), wrong: new SplitTally(names, o.binarization, o.alpha) } : null;
     const target = o.target ?? 'auto';
     const perImage: PerImage = { labels: [], hits: Object.fromEntries(names.map((m) => [m, []])) };
     const examples: ExampleRow[] = [];
@@ -174,7 +180,11 @@ export async function evalLocalization(o: LocalizationOptions): Promise<{ report
           for (const i of boxed) {
             const label = b.labels[i]!;
             const correct = top1 === null ? null : top1[i] === label;
-            const sets = [all, ...(split ? [isSeen(label) ? split.seen : split.unseen] : [])];
+            const sets = [
+              all,
+              ...(split ? [isSeen(label) ? split.seen : split.unseen] : []),
+              ...(byClassifier && correct !== null && isSeen(label) ? [correct ? byClassifier.right : byClassifier.wrong] : []),
+            ];
             for (const t of sets) {
               t.images++;
               t.right += correct ? 1 : 0;
@@ -183,7 +193,7 @@ export async function evalLocalization(o: LocalizationOptions): Promise<{ report
             const cells = masks.map((every, j) => {
               const mask = every.subarray(i * hw, (i + 1) * hw);
               const { box, hit } = all.tallies[j]!.add(mask, b.size, b.size, b.boxes[i]!, correct);
-              if (split) (isSeen(label) ? split.seen : split.unseen).tallies[j]!.add(mask, b.size, b.size, b.boxes[i]!, correct);
+              for (const t of sets.slice(1)) t.tallies[j]!.add(mask, b.size, b.size, b.boxes[i]!, correct);
               perImage.hits[names[j]!]!.push(hit);
               return { mask, box };
             });
@@ -234,6 +244,7 @@ export async function evalLocalization(o: LocalizationOptions): Promise<{ report
         seen: split.seen.result(models.checkpoint !== null),
         unseen: split.unseen.result(models.checkpoint !== null),
       },
+      byClassifier: byClassifier && { right: byClassifier.right.result(true), wrong: byClassifier.wrong.result(true) },
       seconds: (performance.now() - t0) / 1000,
     };
     if (report.images.withoutBoxes > 0) o.log(`${report.images.withoutBoxes} of ${read} images have no box of their class: not scored (see problems in report.json)`);
@@ -293,6 +304,12 @@ function localizationMarkdown(r: LocalizationReport): string {
           if (part === null) return [`## ${k} classes`, '', 'none of the images.', ''];
           const top1 = part.classifierTop1 === null ? '' : `; classifier top-1 ${part.classifierTop1.toFixed(3)}`;
           return [`## ${k === 'seen' ? 'Seen' : 'Unseen'} classes (${part.images} images${top1})`, '', localizationTable(part)];
+        })
+      : []),
+    ...(r.byClassifier
+      ? (['right', 'wrong'] as const).flatMap((k) => {
+          const part = r.byClassifier![k];
+          return part === null ? [] : [`## ${r.bySplit ? 'Seen images' : 'Images'} the classifier gets ${k} (${part.images})`, '', localizationTable(part)];
         })
       : []),
     'LE = 1 - hit rate; OM = 1 - hit and top-1 right; F1 = continuous F1 against the best box, F1a = mean over boxes;',
