@@ -19,6 +19,7 @@ import { parseClasses, parseClassRanges } from './data/dataset.js';
 import { resolveDataSpec } from './data/spec.js';
 import { writeFileAtomic } from './util/atomicWrite.js';
 import { readCheckpointState, resolveCheckpoint } from './checkpoints/checkpoint.js';
+import { assertUnlocked } from './checkpoints/runLock.js';
 import { BACKEND_CHOICES, initEngine, type BackendChoice } from './engine.js';
 import { COLORMAPS } from './explain/display.js';
 import { explainCommand, ExplainUsageError, METHODS, parseMethods, type ExplainOptions, type Method } from './explain/explainCommand.js';
@@ -357,6 +358,8 @@ const RUNTIME_OPTIONS = new Set<keyof TrainOptions>(['resume', 'out', 'maxSteps'
  */
 function resumedOptions(o: TrainOptions, cmd: Command, log: (line: string) => void): TrainOptions {
   requirePaths({ '--resume': o.resume });
+  // A run that is still starting may have no checkpoint yet: say that it is in use, not that it has none.
+  assertUnlocked(o.out ?? (existsSync(join(o.resume!, 'state.json')) ? dirname(o.resume!) : o.resume!));
   const dir = resolveCheckpoint(o.resume!);
   const saved = readCheckpointState(dir).run?.options as Partial<TrainOptions> | null | undefined;
   if (!saved) {

@@ -63,6 +63,20 @@ function readHolder(path: string): { raw: string; holder: LockHolder | null } | 
   }
 }
 
+function inUse(dir: string, path: string, h: LockHolder, here: string): RunLockError {
+  return new RunLockError(
+    `${dir} is in use by pid ${h.pid} on ${h.host} since ${h.started} (${path}); wait for that run or pick another --out` +
+      (h.host !== here ? `; this host cannot check it: delete ${path} once that run is gone` : ''),
+  );
+}
+
+/** Throws RunLockError if a live run holds dir's lock: a check before reading a run that may be starting. */
+export function assertUnlocked(dir: string): void {
+  const path = join(dir, LOCK_FILE);
+  const h = readHolder(path)?.holder;
+  if (h && (h.host !== hostname() || alive(h))) throw inUse(dir, path, h, hostname());
+}
+
 /** Takes the lock of run directory `dir` (created if missing), or throws RunLockError naming the holder. */
 export function lockRun(dir: string, log: (line: string) => void = () => {}): RunLock {
   mkdirSync(dir, { recursive: true });
@@ -89,12 +103,7 @@ export function lockRun(dir: string, log: (line: string) => void = () => {}): Ru
     const seen = readHolder(path);
     if (seen === null) continue;
     const h = seen.holder;
-    if (h && (h.host !== me.host || alive(h))) {
-      throw new RunLockError(
-        `${dir} is in use by pid ${h.pid} on ${h.host} since ${h.started} (${path}); wait for that run or pick another --out` +
-          (h.host !== me.host ? `; this host cannot check it: delete ${path} once that run is gone` : ''),
-      );
-    }
+    if (h && (h.host !== me.host || alive(h))) throw inUse(dir, path, h, me.host);
     // Re-read just before removing, so a lock another run has just taken over is not deleted.
     if (readHolder(path)?.raw !== seen.raw) continue;
     rmSync(path, { force: true });
