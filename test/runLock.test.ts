@@ -62,15 +62,17 @@ test('two CLI trainings on one --out: the second is refused naming the first, wh
   const firstExit = new Promise<number | null>((resolve) => first.on('exit', resolve));
   for (let i = 0; i < 600 && !existsSync(join(out, LOCK_FILE)); i++) await new Promise((r) => setTimeout(r, 50));
   assert.equal(lockOf(out).pid, first.pid, 'the first run holds the lock');
-  // Paused, so it surely still runs while the others try (no race on timing).
+  // Paused, so it surely still runs while the others try (no race on timing); resumed whatever they give.
   first.kill('SIGSTOP');
-
-  for (const extra of [['--seed', '2'], ['--resume', out]]) {
-    const second = spawnSync(process.execPath, [cli, ...common, '--max-steps', '4', ...extra], { encoding: 'utf8', timeout: 120_000 });
-    assert.equal(second.status, 1, `${extra.join(' ')}: ${second.stderr}`);
-    assert.match(second.stderr, new RegExp(`casm: .*race is in use by pid ${first.pid} on ${hostname()} since .*run\\.lock`));
+  try {
+    for (const extra of [['--seed', '2'], ['--resume', out]]) {
+      const second = spawnSync(process.execPath, [cli, ...common, '--max-steps', '4', ...extra], { encoding: 'utf8', timeout: 120_000 });
+      assert.equal(second.status, 1, `${extra.join(' ')}: ${second.stderr}`);
+      assert.match(second.stderr, new RegExp(`casm: .*race is in use by pid ${first.pid} on ${hostname()} since .*run\\.lock`));
+    }
+  } finally {
+    first.kill('SIGCONT');
   }
-  first.kill('SIGCONT');
   assert.equal(await firstExit, 0, firstErr);
   const state = readCheckpointState(join(out, readFileSync(join(out, 'latest'), 'utf8').trim()));
   assert.equal(state.step, 20);
