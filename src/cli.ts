@@ -361,7 +361,8 @@ function resumedOptions(o: TrainOptions, cmd: Command, log: (line: string) => vo
   // A run that is still starting may have no checkpoint yet: say that it is in use, not that it has none.
   assertUnlocked(o.out ?? (existsSync(join(o.resume!, 'state.json')) ? dirname(o.resume!) : o.resume!));
   const dir = resolveCheckpoint(o.resume!);
-  const saved = readCheckpointState(dir).run?.options as Partial<TrainOptions> | null | undefined;
+  // The options only: the weight files are verified once, when the run loads them.
+  const saved = readCheckpointState(dir, { verifyFiles: false }).run?.options as Partial<TrainOptions> | null | undefined;
   if (!saved) {
     log(`${dir}: no options recorded (an older checkpoint, or a run started from code): its saved configuration and this command's data options apply`);
     return o;

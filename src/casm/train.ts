@@ -106,7 +106,11 @@ async function train(opts: RunOptions): Promise<RunResult> {
   let last: StepStats | null = null;
   let checkpoint = resumeDir ?? '';
   const health = new HealthWatch();
+  let checkedAt = -1;
+  // Once per step, though a step may both log and checkpoint: a check counts toward saturation.
   const checkHealth = () => {
+    if (checkedAt === trainer.step) return;
+    checkedAt = trainer.step;
     const h = health.check(trainer, last);
     tb.scalar('health/classifier_max_abs_weight', h.classifierMaxAbs, trainer.step);
     tb.scalar('health/masker_max_abs_weight', h.maskerMaxAbs, trainer.step);
