@@ -7,6 +7,7 @@
 //   node data/make-photo-objects.mjs [--out data/cache/photo-objects] [--sources data/cache/photo-sources]
 //        [--train-per-class 250] [--val-per-class 40] [--width 200] [--height 150]
 //        [--area 0.1-0.45] [--classes bird,fruit,...] [--seed 0] [--preview out.png]
+//        [--val-on-train-backgrounds]   (a diagnostic: the validation objects on training backgrounds)
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,6 +33,7 @@ const { values } = parseArgs({
     classes: { type: 'string' },
     seed: { type: 'string', default: '0' },
     preview: { type: 'string' },
+    'val-on-train-backgrounds': { type: 'boolean', default: false },
   },
 });
 const int = (k) => {
@@ -58,6 +60,7 @@ try {
     height: int('height'),
     area,
     seed: int('seed'),
+    valOnTrainBackgrounds: values['val-on-train-backgrounds'],
     ...(values.classes ? { classes: values.classes.split(',') } : {}),
     log: (l) => console.log(l),
   });

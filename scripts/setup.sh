@@ -17,7 +17,7 @@
 #                                     compare our ResNet with (Debian's packages, else pip).
 #   5. photo sources                  scripts/fetch-photo-sources.sh: the real photos of the
 #                                     photo-objects benchmark (Debian packages, unpacked into
-#                                     data/cache/photo-sources/; about 31 MB kept).
+#                                     data/cache/photo-sources/; about 45 MB kept).
 #   6. npm run build                  tsc -> dist/
 #
 # If step 3 fails, the install still completes, with a big WARNING: casm-ts then runs on the

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { loadAnnotations } from '../src/data/dataset.js';
 import { listImageFolder } from '../src/data/imageFolder.js';
-import { makePhotoObjects, PHOTO_CLASSES, type PhotoObjectsManifest } from '../src/data/photoObjects.js';
+import { makePhotoObjects, PHOTO_CLASSES, type PhotoImage, type PhotoObjectsManifest } from '../src/data/photoObjects.js';
 import { Problems } from '../src/data/samples.js';
 import { readWebDataset } from '../src/data/tar.js';
 import { openEvalData } from '../src/eval/evalData.js';
@@ -141,5 +141,36 @@ test('photo objects: the default class split is 10 seen and 3 unseen, each with 
       c.folders.some((f) => existsSync(join(sources, 'stamps', f)) && readdirSync(join(sources, 'stamps', f)).some((n) => n.endsWith('.png'))),
       `${c.name}: no stamp folder in ${sources}`,
     );
+  }
+});
+
+test('photo objects: the fetched backgrounds leave out the photos of class objects and hold the added wallpapers', () => {
+  // The lists live in the fetch script; a cache of an older layout would still hold the flowers and the sheep.
+  const script = readFileSync(join(root, 'scripts', 'fetch-photo-sources.sh'), 'utf8');
+  const list = (name: string) => script.match(new RegExp(`^${name}=\\(([^)]*)\\)`, 'm'))![1]!.split(/\s+/).filter(Boolean);
+  const have = readdirSync(join(sources, 'backgrounds'));
+  const excluded = list('EXCLUDED');
+  assert.ok(excluded.includes('Garden.jpg') && excluded.includes('sheep.jpg'), 'the exclusion list was read');
+  assert.deepEqual(excluded.filter((f) => have.includes(f)), [], 'no background shows an object of a class');
+  const added = [...list('PLASMA').map((w) => `plasma_${w}.jpg`), ...list('LOMIRI').map((w) => `${w}.jpg`)];
+  assert.deepEqual(added.filter((f) => !have.includes(f)), [], 'every selected wallpaper was fetched');
+  assert.equal(have.length, 41);
+});
+
+test('photo objects: --val-on-train-backgrounds moves the validation objects onto training photos and changes nothing else', async () => {
+  const base = mkdtempSync(join(tmpdir(), 'casm-photo-'));
+  try {
+    const a = await generate(join(base, 'a'), { trainPerClass: 1 });
+    const b = await generate(join(base, 'b'), { trainPerClass: 1, valOnTrainBackgrounds: true });
+    const val = (m: PhotoObjectsManifest) => m.images.filter((im) => im.split === 'val');
+    assert.deepEqual(b.backgrounds, a.backgrounds, 'the same background split');
+    assert.ok(val(b).every((im) => b.backgrounds.train.includes(im.background)));
+    assert.ok(val(a).every((im) => a.backgrounds.val.includes(im.background)));
+    // Same objects at the same places: instance, box and mask area of every validation image.
+    const key = (im: PhotoImage) => [im.id, im.class, im.instance, im.box.join(','), im.maskArea].join(' ');
+    assert.deepEqual(val(b).map(key), val(a).map(key));
+    assert.equal(readFileSync(join(base, 'b', 'val_xml', `${val(a)[0]!.id}.xml`), 'utf8'), readFileSync(join(base, 'a', 'val_xml', `${val(a)[0]!.id}.xml`), 'utf8'));
+  } finally {
+    rmSync(base, { recursive: true, force: true });
   }
 });

@@ -63,6 +63,12 @@ export interface PhotoObjectsOptions {
   area?: [number, number];
   /** Share of the background photos kept for validation images (never seen in training). */
   valBackgrounds?: number;
+  /**
+   * A diagnostic: validation images on the training backgrounds instead (same objects, boxes,
+   * crops and places as without it, only the photo behind differs), to tell a masker that has
+   * learnt the training backgrounds from one that does not find the object.
+   */
+  valOnTrainBackgrounds?: boolean;
   /** Only these classes (names); default all. */
   classes?: string[];
   shardSize?: number;
@@ -97,6 +103,7 @@ const DEFAULTS = {
   height: 150,
   area: [0.1, 0.45] as [number, number],
   valBackgrounds: 0.25,
+  valOnTrainBackgrounds: false,
   shardSize: 500,
   seed: 0,
 };
@@ -300,7 +307,7 @@ export async function makePhotoObjects(opts: PhotoObjectsOptions): Promise<Photo
     const t0 = performance.now();
     for (const split of ['train', 'val'] as const) {
       const perClass = split === 'train' ? o.trainPerClass : o.valPerClass;
-      const pool = backgrounds[split];
+      const pool = o.valOnTrainBackgrounds ? backgrounds.train : backgrounds[split];
       for (const c of classes) {
         if (split === 'train' && !c.seen) continue;
         mkdirSync(join(tmp, split, c.name), { recursive: true });
