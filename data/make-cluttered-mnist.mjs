@@ -8,9 +8,21 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { scriptArgs } from './scriptArgs.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const values = scriptArgs(import.meta.url, {
+  split: { type: 'string', default: 'train' },
+  count: { type: 'string', default: '20000' },
+  size: { type: 'string', default: '64' },
+  seed: { type: 'string', default: '0' },
+  fragments: { type: 'string', default: '4' },
+  'min-digit': { type: 'string', default: '20' },
+  'max-digit': { type: 'string', default: '40' },
+  classes: { type: 'string' },
+  'cache-dir': { type: 'string' },
+  preview: { type: 'string' },
+});
 const lib = join(root, 'dist', 'src', 'data', 'clutteredMnist.js');
 if (!existsSync(lib)) {
   console.error(`${lib} is missing: run \`npm run build\` first`);
@@ -18,20 +30,6 @@ if (!existsSync(lib)) {
 }
 const { loadCluttered, clutteredCachePath, defaultCacheDir } = await import(lib);
 
-const { values } = parseArgs({
-  options: {
-    split: { type: 'string', default: 'train' },
-    count: { type: 'string', default: '20000' },
-    size: { type: 'string', default: '64' },
-    seed: { type: 'string', default: '0' },
-    fragments: { type: 'string', default: '4' },
-    'min-digit': { type: 'string', default: '20' },
-    'max-digit': { type: 'string', default: '40' },
-    classes: { type: 'string' },
-    'cache-dir': { type: 'string' },
-    preview: { type: 'string' },
-  },
-});
 const num = (k) => {
   const v = Number(values[k]);
   if (!Number.isInteger(v)) throw new Error(`--${k} must be an integer, got '${values[k]}'`);

@@ -11,9 +11,22 @@
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { scriptArgs } from './scriptArgs.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const values = scriptArgs(import.meta.url, {
+  out: { type: 'string', default: join(root, 'data', 'cache', 'photo-objects') },
+  sources: { type: 'string', default: join(root, 'data', 'cache', 'photo-sources') },
+  'train-per-class': { type: 'string', default: '250' },
+  'val-per-class': { type: 'string', default: '40' },
+  width: { type: 'string', default: '200' },
+  height: { type: 'string', default: '150' },
+  area: { type: 'string', default: '0.1-0.45' },
+  classes: { type: 'string' },
+  seed: { type: 'string', default: '0' },
+  preview: { type: 'string' },
+  'val-on-train-backgrounds': { type: 'boolean', default: false },
+});
 const lib = join(root, 'dist', 'src', 'data', 'photoObjects.js');
 if (!existsSync(lib)) {
   console.error(`${lib} is missing: run \`npm run build\` first`);
@@ -21,21 +34,6 @@ if (!existsSync(lib)) {
 }
 const { makePhotoObjects, previewPhotoObjects } = await import(lib);
 
-const { values } = parseArgs({
-  options: {
-    out: { type: 'string', default: join(root, 'data', 'cache', 'photo-objects') },
-    sources: { type: 'string', default: join(root, 'data', 'cache', 'photo-sources') },
-    'train-per-class': { type: 'string', default: '250' },
-    'val-per-class': { type: 'string', default: '40' },
-    width: { type: 'string', default: '200' },
-    height: { type: 'string', default: '150' },
-    area: { type: 'string', default: '0.1-0.45' },
-    classes: { type: 'string' },
-    seed: { type: 'string', default: '0' },
-    preview: { type: 'string' },
-    'val-on-train-backgrounds': { type: 'boolean', default: false },
-  },
-});
 const int = (k) => {
   const v = Number(values[k]);
   if (!Number.isInteger(v) || v < 0) {

@@ -34,7 +34,7 @@ import { DEFAULT_RADIUS } from './eval/inpaint.js';
 import { evalLocalization, TARGETS, type Target } from './eval/localizationCommand.js';
 import { runUnseen, TRAININGS } from './eval/unseen.js';
 import { DEFAULT_METHODS, EVAL_METHODS, EvalUsageError, parseEvalMethods, type EvalMethod } from './eval/methods.js';
-import type { Upsample } from './models/masker.js';
+import { MASK_STRIDES, type MaskStride, type Upsample } from './models/masker.js';
 import { PROJECT_VERSION } from './version.js';
 
 /** A named training recipe: what the options that are not given default to. */
@@ -154,6 +154,12 @@ function num(min: number, max = Infinity) {
   };
 }
 
+function stride(v: string): MaskStride {
+  const n = MASK_STRIDES.find((s) => String(s) === v);
+  if (n === undefined) throw new InvalidArgumentError(`expected one of ${MASK_STRIDES.join(', ')}`);
+  return n;
+}
+
 function intList(v: string): number[] {
   const parts = v.split(',').map(Number);
   if (parts.length !== 4 || parts.some((n) => !Number.isInteger(n) || n < 1)) {
@@ -181,6 +187,7 @@ interface TrainOptions {
   inputSize?: number;
   decoderWidth: number;
   upsample: Upsample;
+  decoderStride: MaskStride;
   shareEncoder: boolean;
   thinning: Thinning;
   score: Score;
@@ -220,7 +227,7 @@ export function trainConfigFrom(o: TrainOptions, classes: number): TrainConfig {
   const p = presetOf(o);
   return defaultTrainConfig({
     arch: { depths: o.depths ?? p.depths, width: o.width ?? p.width, classes, inputSize: o.inputSize ?? p.inputSize },
-    masker: { decoderWidth: o.decoderWidth, upsample: o.upsample, shareEncoder: o.shareEncoder },
+    masker: { decoderWidth: o.decoderWidth, upsample: o.upsample, shareEncoder: o.shareEncoder, stride: o.decoderStride },
     thinning: o.thinning,
     score: o.score,
     lambdaR: o.lambdaR ?? defaultLambda(o.thinning, o.score, classes),
@@ -306,6 +313,11 @@ function withTrainOptions(cmd: Command): Command {
     .option('--input-size <px>', `image side, a multiple of 32${presetHelp('inputSize')}`, int(32))
     .option('--decoder-width <n>', 'channels of each decoder branch', int(1), 64)
     .addOption(new Option('--upsample <mode>', 'decoder upsampling').choices(['nearest', 'bilinear', 'deconv']).default('nearest'))
+    .addOption(
+      new Option('--decoder-stride <n>', `the mask is made at 1/n of the input side from the feature maps no finer than that: ${MASK_STRIDES.join(', ')} (4: the reference, every map)`)
+        .default(4)
+        .argParser(stride),
+    )
     .option('--no-share-encoder', 'give the masker its own ResNet encoder (ablation)')
     .addOption(new Option('--thinning <strategy>', 'classifier pool strategy').choices(THINNINGS).default('L100'))
     .addOption(new Option('--score <score>', 'masker score').choices(SCORES).default('entropy'))

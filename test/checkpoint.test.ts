@@ -24,7 +24,7 @@ after(() => rmSync(root, { recursive: true, force: true }));
 function config(over: Partial<TrainConfig> = {}): TrainConfig {
   return defaultTrainConfig({
     arch: { depths: [1, 1, 1, 1], width: 4, classes: 10, inputSize: 32 },
-    masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true },
+    masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true, stride: 4 },
     batchSize: 8,
     epochs: 100,
     warmupSteps: 5,
@@ -110,6 +110,15 @@ test('a corrupt checkpoint is refused, naming the file', () => {
   writeFileSync(join(bad, 'state.json'), '{"format": "casm-ts-checkpoint", ');
   assert.throws(() => readCheckpointState(bad), /state\.json: unreadable checkpoint state/);
   assert.throws(() => resolveCheckpoint(join(root, 'nope')), /nope: no such checkpoint or run directory/);
+});
+
+test('a checkpoint from before --decoder-stride reads as the reference decoder (stride 4)', () => {
+  const old = join(root, 'before-stride');
+  cpSync(straight, old, { recursive: true });
+  const state = JSON.parse(readFileSync(join(old, 'state.json'), 'utf8')) as { config: { masker: Record<string, unknown> } };
+  delete state.config.masker['stride'];
+  writeFileSync(join(old, 'state.json'), JSON.stringify(state));
+  assert.equal(readCheckpointState(old).config.masker.stride, 4);
 });
 
 test('resuming with another architecture is refused, naming the checkpoint', async () => {

@@ -20,7 +20,7 @@ test('casm train --help lists every option with its default', () => {
   const { code, out: raw } = casm('train', '--help');
   assert.equal(code, 0);
   const out = raw.replace(/\s+/g, ' '); // commander wraps lines to the terminal width
-  for (const flag of ['--thinning', '--score', '--lambda-r', '--train-noise', '--resume', '--classifier-weights', '--backend', '--no-share-encoder', '--upsample', '--warmup-steps', '--seed', '--preset', '--lambda-tv', '--lambda-in', '--bn-statistics', '--crop-scale', '--color-jitter', '--masker-images']) {
+  for (const flag of ['--thinning', '--score', '--lambda-r', '--train-noise', '--resume', '--classifier-weights', '--backend', '--no-share-encoder', '--upsample', '--warmup-steps', '--seed', '--preset', '--lambda-tv', '--lambda-in', '--bn-statistics', '--crop-scale', '--color-jitter', '--masker-images', '--decoder-stride']) {
     assert.ok(out.includes(flag), `help lacks ${flag}`);
   }
   assert.match(out, /--thinning <strategy> classifier pool strategy \(choices: "F", "L", "FL", "L100", "L1000", default: "L100"\)/);
@@ -45,6 +45,7 @@ test('bad invocations exit with code 2 and say what is wrong', () => {
     [['train', '--thinning', 'L7'], /argument 'L7' is invalid.*Allowed choices are F, L, FL, L100, L1000/],
     [['train', '--batch-size', 'many'], /--batch-size.*expected an integer >= 1/],
     [['train', '--frobnicate'], /unknown option '--frobnicate'/],
+    [['train', '--decoder-stride', '2'], /--decoder-stride <n>' argument '2' is invalid\. expected one of 4, 8, 16, 32/],
     [['train', '--input-size', '100'], /--input-size 100: must be a multiple of 32/],
     [['train', '--data', join(tmp, 'missing')], /--data: data spec ".*missing": ".*missing" does not exist/],
     [['train', '--data', join(tmp, 'shard-{000..002}.tar')], /--data: data spec .*: 3 of the 3 names of the brace pattern .* match no file/],

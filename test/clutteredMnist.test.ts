@@ -294,3 +294,21 @@ test('batchIndices: seeded shuffle, full coverage, drop-last', () => {
   assert.notDeepEqual(e1, e2);
   assert.deepEqual([...e1].sort((p, q) => p - q), [...Array(50).keys()]);
 });
+
+test('data scripts: --help prints every option of the script; an unknown option exits 2 naming it', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { repoRoot } = await import('./helpers/python.js');
+  const options: Record<string, string[]> = {
+    'make-cluttered-mnist.mjs': ['--split', '--count', '--fragments', '--cache-dir', '--preview'],
+    'make-photo-objects.mjs': ['--out', '--sources', '--train-per-class', '--area', '--seed', '--val-on-train-backgrounds'],
+  };
+  for (const [script, flags] of Object.entries(options)) {
+    const path = join(repoRoot, 'data', script);
+    const help = spawnSync(process.execPath, [path, '--help'], { encoding: 'utf8' });
+    assert.equal(help.status, 0, `${script} --help: ${help.stderr}`);
+    for (const flag of flags) assert.ok(help.stdout.includes(flag), `${script} --help lacks ${flag}:\n${help.stdout}`);
+    const bad = spawnSync(process.execPath, [path, '--no-such-option'], { encoding: 'utf8' });
+    assert.equal(bad.status, 2, `${script} --no-such-option exited ${bad.status}`);
+    assert.match(bad.stderr, /no-such-option/);
+  }
+});

@@ -175,10 +175,10 @@ test('export writes model.json, shards and masker.json; plain tfjs reproduces th
   }
 });
 
-test('other masker variants export too: own encoder, bilinear and deconv upsampling', async () => {
+test('other masker variants export too: own encoder, bilinear, and deconv upsampling at decoder stride 8', async () => {
   for (const masker of [
-    { decoderWidth: 4, upsample: 'bilinear' as const, shareEncoder: false },
-    { decoderWidth: 4, upsample: 'deconv' as const, shareEncoder: true },
+    { decoderWidth: 4, upsample: 'bilinear' as const, shareEncoder: false, stride: 4 as const },
+    { decoderWidth: 4, upsample: 'deconv' as const, shareEncoder: true, stride: 8 as const },
   ]) {
     const t = new CasmTrainer(defaultTrainConfig({ arch: { depths: [1, 1, 1, 1], width: 4, classes: 10, inputSize: SIZE }, masker, seed: 5 }));
     const before = tf.memory().numTensors;

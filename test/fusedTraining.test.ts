@@ -84,7 +84,7 @@ test('the fused path runs far fewer kernels and frees what it makes', async () =
 });
 
 test('a CASM iteration with the fused path: losses and updated weights as the plain one', () => {
-  const config = defaultTrainConfig({ arch: ARCH, masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true }, batchSize: 4, warmupSteps: 0, seed: 2 });
+  const config = defaultTrainConfig({ arch: ARCH, masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true, stride: 4 }, batchSize: 4, warmupSteps: 0, seed: 2 });
   const run = (on: boolean) => {
     setFusedTraining(on);
     const t = new CasmTrainer(config);

@@ -28,7 +28,7 @@ function options(outDir: string, over: Partial<RunOptions> = {}): RunOptions {
   return {
     config: defaultTrainConfig({
       arch: { depths: [1, 1, 1, 1], width: 4, classes: 10, inputSize: 32 },
-      masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true },
+      masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true, stride: 4 },
       batchSize: 8,
       warmupSteps: 2,
     }),

@@ -56,7 +56,7 @@ function options(outDir: string, spec: string, over: Partial<RunOptions> = {}, l
   return {
     config: defaultTrainConfig({
       arch: { depths: [1, 1, 1, 1], width: 8, classes: 10, inputSize: 32 },
-      masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true },
+      masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true, stride: 4 },
       batchSize: 8,
       warmupSteps: 2,
       epochs: 3,

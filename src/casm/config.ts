@@ -2,7 +2,7 @@
  * Everything a training run is made of, with the spec's defaults. The resolved config is written
  * into every checkpoint; a resume checks the architecture against it.
  */
-import type { MaskerConfig } from '../models/masker.js';
+import { DEFAULT_MASKER, type MaskerConfig } from '../models/masker.js';
 import { RESNET50, type ResNetConfig } from '../models/resnet.js';
 import type { Thinning } from './pool.js';
 import { defaultLambda, NO_MASK_TERMS, type MaskTerms, type Score } from './score.js';
@@ -83,7 +83,7 @@ export function defaultTrainConfig(overrides: Partial<TrainConfig> = {}): TrainC
   const arch = overrides.arch ?? RESNET50;
   return {
     arch,
-    masker: { decoderWidth: 64, upsample: 'nearest', shareEncoder: true },
+    masker: DEFAULT_MASKER,
     thinning,
     score,
     lambdaR: defaultLambda(thinning, score, arch.classes),

@@ -195,6 +195,7 @@ export function readCheckpointState(dir: string, { verifyFiles = true } = {}): C
   state.config.maskTerms ??= { ...NO_MASK_TERMS };
   state.config.bnStatistics ??= 'all';
   state.config.maskerImages ??= 'correct';
+  state.config.masker.stride ??= 4;
   for (const [file, hash] of verifyFiles ? Object.entries(state.files) : []) {
     const p = join(dir, file);
     if (!existsSync(p)) throw new CheckpointError(`${p}: missing from the checkpoint`);

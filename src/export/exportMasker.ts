@@ -109,8 +109,14 @@ export async function buildMaskNetwork(trainer: CasmTrainer, name = 'casm_masker
   if (t.config.input_layers.length !== 1) throw new Error('export: the trunk must have one input');
   const imageName = t.config.input_layers[0][0];
   const features = t.config.output_layers.slice(0, 5);
+  // A decoder with a stride above 4 leaves the finer maps unconnected, and its JSON lists only
+  // the inputs it uses: each one names the feature map it reads (`<decoder>_in<k>`).
   const decoderInputs = d.config.input_layers.map((r) => r[0]);
-  if (decoderInputs.length !== 5) throw new Error(`export: the decoder takes ${decoderInputs.length} inputs, expected 5`);
+  const featureOf = decoderInputs.map((n) => {
+    const k = Number(/_in([0-4])$/.exec(n)?.[1] ?? NaN);
+    if (!Number.isInteger(k)) throw new Error(`export: decoder input ${n} names none of the five feature maps`);
+    return features[k];
+  });
 
   // The normalisation, three stock layers (built for real, so their configs are what tfjs writes):
   //   normalize_index   1x1 DepthwiseConv2D, kernel 1, bias [0, 256, 512]: byte v of channel c -> v + 256 c
@@ -147,7 +153,7 @@ export async function buildMaskNetwork(trainer: CasmTrainer, name = 'casm_masker
     new Map([[imageName, ['normalize', 0, 0]]]),
   );
   const decoderLayers = d.config.layers.filter((l) => !decoderInputs.includes(l.name));
-  rewire(decoderLayers, new Map(decoderInputs.map((n, k) => [n, features[k]])));
+  rewire(decoderLayers, new Map(decoderInputs.map((n, i) => [n, featureOf[i]])));
   const input = trunkLayers.find((l) => l.name === imageName)!;
   const layers = [input, ...normLayers, ...trunkLayers.filter((l) => l !== input), ...decoderLayers];
   const names = new Set<string>();

@@ -16,52 +16,66 @@ export interface MaskerConfig {
   upsample: Upsample;
   /** false: the masker owns a second ResNet encoder (ablation). */
   shareEncoder: boolean;
+  /**
+   * Output stride: the mask is made at H/stride and upsampled (4 in the reference). A coarser one
+   * leaves out the feature maps finer than it, so the mask is decided by deeper features alone.
+   */
+  stride: MaskStride;
 }
 
-export const DEFAULT_MASKER: MaskerConfig = { decoderWidth: 64, upsample: 'nearest', shareEncoder: true };
+export const MASK_STRIDES = [4, 8, 16, 32] as const;
+export type MaskStride = (typeof MASK_STRIDES)[number];
+
+export const DEFAULT_MASKER: MaskerConfig = { decoderWidth: 64, upsample: 'nearest', shareEncoder: true, stride: 4 };
+
+/** Stride of each of the five feature maps (stem pool, stages 1-4). */
+const FEATURE_STRIDES = [4, 4, 8, 16, 32];
 
 /**
  * Builds the decoder: inputs are the five feature maps, output the mask N x H x W x 1 in [0, 1].
  * Stage k (1..4) goes 1x1 conv -> BN -> ReLU -> up by 2^(k-1) to H/4; the stem pool features pass
  * unchanged; the concatenation goes 3x3 conv (bias) -> sigmoid -> up x4 to H x W. The stage
  * upsampling is bilinear (reference); `upsample` picks the final x4 (nearest by default, bilinear),
- * or 'deconv' replaces every fixed upsampling by a learned transposed convolution.
+ * or 'deconv' replaces every fixed upsampling by a learned transposed convolution. With a stride
+ * above 4 the same runs at H/stride over the maps no finer than it (the others stay unconnected
+ * inputs, so every decoder takes the same five).
  */
 export function buildDecoder(cls: ResNetConfig, cfg: MaskerConfig, name = 'decoder', seed = 0): tf.LayersModel {
   const seeds = new Seeds(seed);
   // The reference initialises every decoder conv like the ResNet's: N(0, sqrt(2 / (k*k*out))).
   const he = (kernel: number, out: number) => heNormalFanOut(kernel, out, seeds);
   const channels = featureChannels(cls);
-  const s4 = cls.inputSize / 4;
   if (!Number.isInteger(cls.inputSize / 32)) throw new Error(`input size ${cls.inputSize} must be a multiple of 32`);
+  const stride = cfg.stride;
   const inputs = channels.map((c, k) => {
-    const side = k === 0 ? s4 : s4 / 2 ** (k - 1);
+    const side = cls.inputSize / FEATURE_STRIDES[k];
     return tf.input({ shape: [side, side, c], name: `${name}_in${k}` });
   });
-  const branches: tf.SymbolicTensor[] = [inputs[0]];
+  const branches: tf.SymbolicTensor[] = stride === 4 ? [inputs[0]] : [];
   for (let k = 1; k <= 4; k++) {
+    if (FEATURE_STRIDES[k] < stride) continue;
     let y = tf.layers
       .conv2d({ name: `${name}_proj${k}`, filters: cfg.decoderWidth, kernelSize: 1, useBias: false, kernelInitializer: he(1, cfg.decoderWidth) })
       .apply(inputs[k]) as tf.SymbolicTensor;
     y = tf.layers.batchNormalization({ name: `${name}_bn${k}`, epsilon: 1e-5, momentum: 0.9 }).apply(y) as tf.SymbolicTensor;
     y = tf.layers.reLU({ name: `${name}_relu${k}` }).apply(y) as tf.SymbolicTensor;
-    const factor = 2 ** (k - 1);
+    const factor = FEATURE_STRIDES[k] / stride;
     if (factor > 1) {
       y = up(y, `${name}_up${k}`, factor, cfg.upsample === 'deconv' ? 'deconv' : 'bilinear', cfg.decoderWidth, () => he(factor, cfg.decoderWidth));
     }
     branches.push(y);
   }
-  const cat = tf.layers.concatenate({ name: `${name}_concat`, axis: -1 }).apply(branches) as tf.SymbolicTensor;
+  const cat = branches.length === 1 ? branches[0] : (tf.layers.concatenate({ name: `${name}_concat`, axis: -1 }).apply(branches) as tf.SymbolicTensor);
   let m = tf.layers
     .conv2d({ name: `${name}_out`, filters: 1, kernelSize: 3, padding: 'same', useBias: true, kernelInitializer: he(3, 1) })
     .apply(cat) as tf.SymbolicTensor;
   if (cfg.upsample === 'deconv') {
-    // Learned x4 before the sigmoid, so the output stays a probability.
-    m = up(m, `${name}_upout`, 4, 'deconv', 1, () => he(4, 1));
+    // Learned upsampling before the sigmoid, so the output stays a probability.
+    m = up(m, `${name}_upout`, stride, 'deconv', 1, () => he(stride, 1));
     m = tf.layers.activation({ name: `${name}_sigmoid`, activation: 'sigmoid' }).apply(m) as tf.SymbolicTensor;
   } else {
     m = tf.layers.activation({ name: `${name}_sigmoid`, activation: 'sigmoid' }).apply(m) as tf.SymbolicTensor;
-    m = up(m, `${name}_upout`, 4, cfg.upsample, 1, () => he(4, 1));
+    m = up(m, `${name}_upout`, stride, cfg.upsample, 1, () => he(stride, 1));
   }
   return tf.model({ inputs, outputs: m, name });
 }

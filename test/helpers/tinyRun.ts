@@ -17,7 +17,7 @@ export interface TinyRun {
 export async function trainTinyRun(outDir: string, o: TinyRun = {}): Promise<void> {
   const config = defaultTrainConfig({
     arch: { depths: [1, 1, 1, 1], width: 4, classes: 10, inputSize: o.inputSize ?? 64 },
-    masker: { decoderWidth: o.decoderWidth ?? 8, upsample: 'nearest', shareEncoder: true },
+    masker: { decoderWidth: o.decoderWidth ?? 8, upsample: 'nearest', shareEncoder: true, stride: 4 },
     batchSize: 8,
     warmupSteps: o.warmupSteps ?? 2,
   });

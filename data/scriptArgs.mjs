@@ -1,0 +1,25 @@
+// Argument parsing for the data scripts: node's parseArgs plus --help, which prints the script's
+// header comment (the usage lives there once), and a clear exit 2 on an unknown option.
+import { readFileSync } from 'node:fs';
+import { basename } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+export function scriptArgs(scriptUrl, options) {
+  const path = fileURLToPath(scriptUrl);
+  const name = basename(path, '.mjs');
+  let values;
+  try {
+    ({ values } = parseArgs({ options: { ...options, help: { type: 'boolean', short: 'h', default: false } } }));
+  } catch (e) {
+    console.error(`${name}: ${e.message} (--help lists the options)`);
+    process.exit(2);
+  }
+  if (values.help) {
+    const header = readFileSync(path, 'utf8').split('\n').slice(1);
+    const end = header.findIndex((l) => !l.startsWith('//'));
+    console.log(header.slice(0, end < 0 ? header.length : end).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+    process.exit(0);
+  }
+  return values;
+}
