@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, statSync, readdirSync } from 'node:fs';
@@ -15,6 +16,7 @@ import {
 import { batchIndices, toBatch } from '../src/data/batches.js';
 import { denormalize, IMAGENET_MEAN, IMAGENET_STD, GRAY_MEAN, GRAY_STD, normalize } from '../src/data/normalize.js';
 import { Rng } from '../src/util/rng.js';
+import { repoRoot } from './helpers/python.js';
 
 await tf.setBackend('cpu');
 
@@ -295,9 +297,7 @@ test('batchIndices: seeded shuffle, full coverage, drop-last', () => {
   assert.deepEqual([...e1].sort((p, q) => p - q), [...Array(50).keys()]);
 });
 
-test('data scripts: --help prints every option of the script; an unknown option exits 2 naming it', async () => {
-  const { spawnSync } = await import('node:child_process');
-  const { repoRoot } = await import('./helpers/python.js');
+test('data scripts: --help prints every option of the script; an unknown option exits 2 naming it', () => {
   const options: Record<string, string[]> = {
     'make-cluttered-mnist.mjs': ['--split', '--count', '--fragments', '--cache-dir', '--preview'],
     'make-photo-objects.mjs': ['--out', '--sources', '--train-per-class', '--area', '--seed', '--val-on-train-backgrounds'],

@@ -22,6 +22,7 @@ import { architectureKey, type TrainConfig } from '../casm/config.js';
 import { NO_MASK_TERMS } from '../casm/score.js';
 import type { DataPlan } from '../casm/trainData.js';
 import type { CasmTrainer } from '../casm/trainer.js';
+import { DEFAULT_MASKER } from '../models/masker.js';
 import { readSafetensors, writeSafetensors, type TensorToWrite as TensorEntry } from '../io/safetensors.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
 import { PROJECT_VERSION } from '../version.js';
@@ -195,7 +196,7 @@ export function readCheckpointState(dir: string, { verifyFiles = true } = {}): C
   state.config.maskTerms ??= { ...NO_MASK_TERMS };
   state.config.bnStatistics ??= 'all';
   state.config.maskerImages ??= 'correct';
-  state.config.masker.stride ??= 4;
+  state.config.masker.stride ??= DEFAULT_MASKER.stride;
   for (const [file, hash] of verifyFiles ? Object.entries(state.files) : []) {
     const p = join(dir, file);
     if (!existsSync(p)) throw new CheckpointError(`${p}: missing from the checkpoint`);

@@ -113,9 +113,9 @@ export async function buildMaskNetwork(trainer: CasmTrainer, name = 'casm_masker
   // the inputs it uses: each one names the feature map it reads (`<decoder>_in<k>`).
   const decoderInputs = d.config.input_layers.map((r) => r[0]);
   const featureOf = decoderInputs.map((n) => {
-    const k = Number(/_in([0-4])$/.exec(n)?.[1] ?? NaN);
-    if (!Number.isInteger(k)) throw new Error(`export: decoder input ${n} names none of the five feature maps`);
-    return features[k];
+    const k = /_in([0-4])$/.exec(n)?.[1];
+    if (k === undefined) throw new Error(`export: decoder input ${n} names none of the five feature maps`);
+    return features[Number(k)];
   });
 
   // The normalisation, three stock layers (built for real, so their configs are what tfjs writes):

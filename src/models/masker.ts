@@ -51,7 +51,8 @@ export function buildDecoder(cls: ResNetConfig, cfg: MaskerConfig, name = 'decod
     const side = cls.inputSize / FEATURE_STRIDES[k];
     return tf.input({ shape: [side, side, c], name: `${name}_in${k}` });
   });
-  const branches: tf.SymbolicTensor[] = stride === 4 ? [inputs[0]] : [];
+  // The stem pool features join as they are, at the reference stride only.
+  const branches: tf.SymbolicTensor[] = FEATURE_STRIDES[0] === stride ? [inputs[0]] : [];
   for (let k = 1; k <= 4; k++) {
     if (FEATURE_STRIDES[k] < stride) continue;
     let y = tf.layers
