@@ -31,7 +31,7 @@ import { DIGITS_EVAL_COUNT, type EvalDataOptions } from './eval/evalData.js';
 import { BINARIZATIONS, type Binarization } from './eval/localization.js';
 import { evalClassifiers } from './eval/classifiersCommand.js';
 import { DEFAULT_RADIUS } from './eval/inpaint.js';
-import { evalLocalization, TARGETS, type Target } from './eval/localizationCommand.js';
+import { evalLocalization, evalLocalizationShard, mergeLocalization, TARGETS, type LocalizationOptions, type Target } from './eval/localizationCommand.js';
 import { runUnseen, TRAININGS } from './eval/unseen.js';
 import { DEFAULT_METHODS, EVAL_METHODS, EvalUsageError, parseEvalMethods, type EvalMethod } from './eval/methods.js';
 import { MASK_STRIDES, type MaskStride, type Upsample } from './models/masker.js';
@@ -608,8 +608,12 @@ export function buildProgram(argv: string[] = []): Command {
     .option('--spread <s>', 'SmoothGrad noise level: sigma = spread * (max(x) - min(x))', num(0), SMOOTHGRAD_DEFAULTS.spread)
     .option('--magnitude', 'SmoothGrad: average squared gradients', false)
     .option('--examples <n>', 'rows of examples.png', int(0), 8)
-    .requiredOption('--out <dir>', 'directory for report.json, report.md and the figures')
-    .action(async (o: EvalCliOptions & { checkpoint?: string; model?: string; compare: string[]; seen?: string; target: Target; methods: EvalMethod[]; binarize: Binarization; alpha: number; layer?: string; samples: number; spread: number; magnitude: boolean; examples: number; out: string }) => {
+    .option('--shard-index <i>', "with --num-shards: this job's share of the batches (0-based)", int(0))
+    .option('--num-shards <n>', "score 1/n of the batches and write them to --out for 'casm eval merge' (every job reads all images)", int(1))
+    .requiredOption('--out <dir>', 'directory for report.json, report.md and the figures (with --num-shards: for the share)')
+    .action(async (o: EvalCliOptions & { checkpoint?: string; model?: string; compare: string[]; seen?: string; target: Target; methods: EvalMethod[]; binarize: Binarization; alpha: number; layer?: string; samples: number; spread: number; magnitude: boolean; examples: number; shardIndex?: number; numShards?: number; out: string }) => {
+      if ((o.shardIndex === undefined) !== (o.numShards === undefined)) throw new UsageError('--shard-index and --num-shards go together');
+      if (o.numShards !== undefined && o.shardIndex! >= o.numShards) throw new UsageError(`--shard-index ${o.shardIndex}: must be below --num-shards ${o.numShards}`);
       requirePaths({ '--checkpoint': o.checkpoint, '--model': o.model });
       for (const run of o.compare) requirePaths({ '--compare': run });
       let seen: number[] | undefined;
@@ -620,24 +624,33 @@ export function buildProgram(argv: string[] = []): Command {
       }
       const log = (line: string) => console.log(line);
       await initEngine(o.backend, log);
-      await usage(() =>
-        evalLocalization({
-          ...(o.checkpoint ? { checkpoint: o.checkpoint } : {}),
-          ...(o.model ? { model: o.model } : {}),
-          compare: o.compare,
-          ...(seen ? { seen } : {}),
-          target: o.target,
-          data: evalDataOptions(o),
-          methods: o.methods,
-          binarization: o.binarize,
-          alpha: o.alpha,
-          explainer: { ...(o.layer ? { layer: o.layer } : {}), samples: o.samples, spread: o.spread, magnitude: o.magnitude, seed: o.seed },
-          examples: o.examples,
-          out: o.out,
-          argv,
-          log,
-        }),
-      );
+      const options: LocalizationOptions = {
+        ...(o.checkpoint ? { checkpoint: o.checkpoint } : {}),
+        ...(o.model ? { model: o.model } : {}),
+        compare: o.compare,
+        ...(seen ? { seen } : {}),
+        target: o.target,
+        data: evalDataOptions(o),
+        methods: o.methods,
+        binarization: o.binarize,
+        alpha: o.alpha,
+        explainer: { ...(o.layer ? { layer: o.layer } : {}), samples: o.samples, spread: o.spread, magnitude: o.magnitude, seed: o.seed },
+        examples: o.examples,
+        out: o.out,
+        argv,
+        log,
+      };
+      if (o.numShards === undefined) await usage(() => evalLocalization(options));
+      else await usage(() => evalLocalizationShard(options, { index: o.shardIndex!, count: o.numShards! }));
+    });
+  evaluate
+    .command('merge')
+    .description("the report of the shards of one 'eval localization --num-shards n' (their --out directories), exactly as one job would write it")
+    .argument('<shards...>', "the shards' directories, each holding share.json")
+    .requiredOption('--out <dir>', 'directory for report.json, report.md and the figures')
+    .action(async (dirs: string[], o: { out: string }) => {
+      const log = (line: string) => console.log(line);
+      await usage(() => mergeLocalization(dirs, o.out, argv, log));
     });
   withEvalDataOptions(evaluate.command('classifiers'))
     .description("top-1/top-5 of classifiers on clean, masked-in, masked-out and inpainted (Telea) images, masks by a run's masker; report.json, report.md, top1.png, examples.png")

@@ -7,7 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -16,14 +16,14 @@ import { CasmTrainer } from '../src/casm/trainer.js';
 import { loadDigits } from '../src/casm/trainData.js';
 import { loadCheckpoint, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
 import { toBatch } from '../src/data/batches.js';
-import { webDatasetEntries, writeTar, type TarEntry } from '../src/data/tar.js';
+import { webDatasetEntries, writeTar } from '../src/data/tar.js';
 import type { ClassifiersReport } from '../src/eval/classifiersCommand.js';
 import type { LocalizationReport } from '../src/eval/localizationCommand.js';
 import { classSplits, trainingClasses } from '../src/eval/unseen.js';
 import { useTestBackend } from './helpers/backend.js';
 import { inProcessCli } from './helpers/cli.js';
-import { digitJpeg, digitLabel } from './helpers/images.js';
 import { trainTinyRun } from './helpers/tinyRun.js';
+import { digitValShards } from './helpers/valShards.js';
 
 const backend = await useTestBackend();
 const casm = inProcessCli(backend);
@@ -141,30 +141,9 @@ test('eval localization --seen / --target / --compare: seen and unseen apart, ta
 });
 
 /** 12 digit JPEGs in one tar, a synset list, and VOC XML boxes: 9 good, 2 missing, 1 of another class. */
-async function shardsWithBoxes(dir: string): Promise<{ spec: string; synsets: string; boxes: string }> {
-  mkdirSync(join(dir, 'boxes'), { recursive: true });
-  const synset = (c: number) => `n0000000${c}`;
-  writeFileSync(join(dir, 'synsets.txt'), Array.from({ length: 10 }, (_, c) => synset(c)).join('\n') + '\n');
-  const entries: TarEntry[] = [];
-  for (let i = 0; i < 12; i++) {
-    const [w, h] = [48 + (i % 3) * 8, 40 + (i % 2) * 16];
-    const key = `val_${String(i).padStart(3, '0')}`;
-    entries.push(...webDatasetEntries(key, await digitJpeg(i, w, h), digitLabel(i)));
-    if (i >= 10) continue; // no box file: counted, not scored
-    const name = i === 9 ? synset((digitLabel(i) + 1) % 10) : synset(digitLabel(i)); // image 9: a box of another class
-    writeFileSync(
-      join(dir, 'boxes', `${key}.xml`),
-      `<annotation><filename>${key}</filename><size><width>${w}</width><height>${h}</height></size>` +
-        `<object><name>${name}</name><bndbox><xmin>0</xmin><ymin>0</ymin><xmax>${w}</xmax><ymax>${h}</ymax></bndbox></object></annotation>`,
-    );
-  }
-  writeTar(join(dir, 'val-0.tar'), entries);
-  writeTar(join(dir, 'empty-0.tar'), webDatasetEntries('broken', Buffer.from([0xff, 0xd8, 0xff, 0xdb, 1, 2, 3]), 1));
-  return { spec: join(dir, 'val-0.tar'), synsets: join(dir, 'synsets.txt'), boxes: join(dir, 'boxes') };
-}
-
 test('eval localization on shards: missing box files counted, a box of another class ignored with a warning, an empty set an error', async () => {
-  const d = await shardsWithBoxes(join(root, 'shards'));
+  const d = await digitValShards(join(root, 'shards'));
+  writeTar(join(root, 'shards', 'empty-0.tar'), webDatasetEntries('broken', Buffer.from([0xff, 0xd8, 0xff, 0xdb, 1, 2, 3]), 1));
   const out = join(root, 'loc-shards');
   const r = await casm('eval', 'localization', '--checkpoint', runDir, '--data', d.spec, '--synsets', d.synsets, '--boxes', d.boxes, '--methods', 'casm,full', '--workers', '1', '--out', out);
   assert.equal(r.code, 0, r.err);

@@ -10,6 +10,7 @@ import {
   isHit,
   largestComponentBox,
   LocalizationTally,
+  scoreMask,
   localizationError,
   maskBox,
   maskStats,
@@ -144,17 +145,21 @@ test('mask statistics: area, binary entropy in bits, total variation per pixel',
   assert.equal(s.tv, 0.5); // horizontal 1 + 0, vertical 0.5 + 0.5, over 4 pixels
 });
 
-test('LocalizationTally: LE, OM, F1 and area spread on synthetic masks', () => {
+test('scoreMask and LocalizationTally: LE, OM, F1 and area spread on synthetic masks', () => {
   const t = new LocalizationTally();
   const truth: Box[] = [[0, 0, 2, 2]];
   // Image 1: the mask is box A plus a far blob -> largest component = the 2x2 block: hit, classifier right.
-  assert.deepEqual(t.add(f1Mask(), 4, 4, truth, true), { box: [0, 0, 2, 2], hit: true });
+  const one = scoreMask(f1Mask(), 4, 4, truth);
+  assert.deepEqual([one.box, one.hit, one.area], [[0, 0, 2, 2], true, 6 / 16]);
+  t.add(one, true);
   // Image 2: the same hit but the classifier was wrong -> counts for LE, not for OM.
-  t.add(f1Mask(), 4, 4, truth, false);
+  t.add(scoreMask(f1Mask(), 4, 4, truth), false);
   // Image 3: an all-zero mask: every pixel is >= its mean (0), the box is the whole image: a miss.
-  assert.deepEqual(t.add(new Float32Array(16), 4, 4, truth, true), { box: [0, 0, 4, 4], hit: false });
+  const zero = scoreMask(new Float32Array(16), 4, 4, truth);
+  assert.deepEqual([zero.box, zero.hit], [[0, 0, 4, 4], false]);
+  t.add(zero, true);
   // Image 4: the whole image (a constant mask): IoU 4/16 -> a miss.
-  t.add(new Float32Array(16).fill(1), 4, 4, truth, true);
+  t.add(scoreMask(new Float32Array(16).fill(1), 4, 4, truth), true);
   const r = t.result();
   assert.equal(r.images, 4);
   assert.equal(r.le, 1 - 2 / 4);
@@ -168,12 +173,14 @@ test('LocalizationTally: LE, OM, F1 and area spread on synthetic masks', () => {
   assert.ok(Math.abs(r.area.mean - mean) < 1e-12);
   assert.ok(Math.abs(r.area.std - Math.sqrt(areas.reduce((a, b) => a + (b - mean) ** 2, 0) / 4)) < 1e-12);
   // Top-k keeps round(0 * 16) = 0 pixels of an all-zero mask: no box, a miss.
-  const k = new LocalizationTally('top-k');
-  assert.deepEqual(k.add(new Float32Array(16), 4, 4, truth, true), { box: null, hit: false });
+  const k = new LocalizationTally();
+  const none = scoreMask(new Float32Array(16), 4, 4, truth, 1, 'top-k');
+  assert.deepEqual([none.box, none.hit], [null, false]);
+  k.add(none, true);
   assert.deepEqual([k.result().noBox, k.result().le], [1, 1]);
   // Without the classifier's answers OM is unknown, not 0.
   const u = new LocalizationTally();
-  u.add(f1Mask(), 4, 4, truth, null);
+  u.add(scoreMask(f1Mask(), 4, 4, truth), null);
   assert.equal(u.result().om, null);
   assert.equal(u.result().le, 0);
   assert.throws(() => new LocalizationTally().result(), /no image/);

@@ -181,7 +181,29 @@ export interface MethodResult {
   tv: number;
 }
 
-/** Accumulates one method's figures image by image (spec section 4). */
+/** What one mask scores against its image's boxes: all a tally, or a merge of shards, needs of it. */
+export interface MaskScore {
+  box: Box | null;
+  hit: boolean;
+  /** Continuous F1 against the best box (the spec's F1) and the mean over the boxes (F1a). */
+  f1: number;
+  f1a: number;
+  area: number;
+  entropy: number;
+  tv: number;
+}
+
+/** Scores one continuous mask against the image's ground-truth boxes (spec section 4). */
+export function scoreMask(mask: Float32Array, h: number, w: number, truth: Box[], alpha = 1, rule: Binarization = 'mean'): MaskScore {
+  const box = maskBox(mask, h, w, alpha, rule);
+  const f = f1Scores(mask, h, w, truth);
+  return { box, hit: isHit(box, truth), f1: f.max, f1a: f.mean, ...maskStats(mask, h, w) };
+}
+
+/**
+ * Accumulates one method's figures image by image. The sums run in the order images are added,
+ * so a merge of shards that adds the same scores in the same order gives the same figures exactly.
+ */
 export class LocalizationTally {
   private n = 0;
   private hits = 0;
@@ -195,32 +217,19 @@ export class LocalizationTally {
   private entropy = 0;
   private tv = 0;
 
-  constructor(
-    readonly binarization: Binarization = 'mean',
-    readonly alpha = 1,
-  ) {}
-
-  /**
-   * Scores one mask against the image's boxes; `correct`: the classifier's top-1 on the clean image
-   * was right (null when there is no classifier: OM is then null). Returns the mask's box and hit.
-   */
-  add(mask: Float32Array, h: number, w: number, truth: Box[], correct: boolean | null): { box: Box | null; hit: boolean } {
-    const box = maskBox(mask, h, w, this.alpha, this.binarization);
-    const hit = isHit(box, truth);
-    const f = f1Scores(mask, h, w, truth);
-    const s = maskStats(mask, h, w);
+  /** `correct`: the classifier's top-1 on the clean image was right (null without a classifier: OM is then null). */
+  add(s: MaskScore, correct: boolean | null): void {
     this.n++;
-    this.hits += hit ? 1 : 0;
+    this.hits += s.hit ? 1 : 0;
     if (correct === null) this.rightKnown = false;
-    else this.hitsRight += hit && correct ? 1 : 0;
-    this.f1 += f.max;
-    this.f1a += f.mean;
-    this.noBox += box === null ? 1 : 0;
+    else this.hitsRight += s.hit && correct ? 1 : 0;
+    this.f1 += s.f1;
+    this.f1a += s.f1a;
+    this.noBox += s.box === null ? 1 : 0;
     this.areaSum += s.area;
     this.areaSq += s.area * s.area;
     this.entropy += s.entropy;
     this.tv += s.tv;
-    return { box, hit };
   }
 
   result(): MethodResult {

@@ -17,7 +17,8 @@ import { imagesToRgb } from '../explain/display.js';
 import { Progress } from '../log/progress.js';
 import { openEvalData, type EvalDataOptions } from './evalData.js';
 import { barChartPng, exampleGridPng, type ExampleRow } from './figures.js';
-import { LocalizationTally, type Binarization, type MethodResult } from './localization.js';
+import { LocalizationTally, scoreMask, type Binarization, type MaskScore, type MethodResult } from './localization.js';
+import { readShares, SHARE_FILE, writeShare } from './shares.js';
 import { buildMethods, EvalUsageError, loadModels, type EvalMethod, type MaskMethod, type Models } from './methods.js';
 import { markdownTable, provenance, writeReport, type Provenance } from './report.js';
 
@@ -68,6 +69,9 @@ export interface LocalizationReport {
    * those it gets wrong; where masks fail is often where the classifier does.
    */
   byClassifier: { right: SplitResult | null; wrong: SplitResult | null } | null;
+  /** Jobs the images were scored in (`casm eval merge` of that many shards; 1: one process). */
+  shards: number;
+  /** Seconds of scoring, summed over the shards. */
   seconds: number;
 }
 
@@ -82,12 +86,13 @@ class SplitTally {
   readonly tallies: LocalizationTally[];
   images = 0;
   right = 0;
-  constructor(
-    readonly names: string[],
-    binarization: Binarization,
-    alpha: number,
-  ) {
-    this.tallies = names.map(() => new LocalizationTally(binarization, alpha));
+  constructor(readonly names: string[]) {
+    this.tallies = names.map(() => new LocalizationTally());
+  }
+  add(r: ScoredImage): void {
+    this.images++;
+    this.right += r.correct ? 1 : 0;
+    r.scores.forEach((s, j) => this.tallies[j]!.add(s, r.correct));
   }
   result(hasClassifier: boolean): SplitResult | null {
     if (this.images === 0) return null;
@@ -127,8 +132,82 @@ export interface PerImage {
   hits: Record<string, boolean[]>;
 }
 
+/** One scored image: its place in the validation set, what the classifier said, each method's score. */
+export interface ScoredImage {
+  /** Position among all images read, the order of every sum in the report. */
+  index: number;
+  label: number;
+  /** The classifier's top-1 was right (null without a classifier). */
+  correct: boolean | null;
+  /** One per method, in the order of `setup.methods`. */
+  scores: MaskScore[];
+}
+
+/** What every share of one evaluation must have in common: a merge refuses shares that differ here. */
+export interface LocalizationSetup {
+  checkpoint: LocalizationReport['checkpoint'];
+  /** sha256 of the checkpoint's weight files (two runs in one directory are not one checkpoint). */
+  checkpointFiles: Record<string, string> | null;
+  compared: { dir: string; step: number; files: Record<string, string> }[];
+  model: string | null;
+  data: LocalizationReport['data'] & { total: number; batchSize: number; limit: number | null };
+  protocol: LocalizationReport['protocol'];
+  methods: string[];
+  explainer: ExplainerOptions;
+  seenClasses: number[] | null;
+  hasClassifier: boolean;
+  /** Rows of examples.png. */
+  examples: number;
+}
+
+/** The share of an evaluation that one job scores: the batches b with b % count === index. */
+export interface Shard {
+  index: number;
+  count: number;
+}
+
+/**
+ * The scores of one share of the validation images, everything a report needs: an unsharded
+ * evaluation builds its report from its one share, `casm eval merge` from all of them, by the same
+ * code and in the same image order, so the figures are the same to the last bit.
+ */
+export interface LocalizationShare {
+  shard: Shard;
+  setup: LocalizationSetup;
+  provenance: Provenance;
+  /** Images read (every share reads them all, to cut the same batches; it scores only its own). */
+  read: number;
+  problems: LocalizationReport['problems'];
+  records: ScoredImage[];
+  /** Candidate rows of examples.png in this share, with their image index. */
+  examples: (ExampleRow & { index: number })[];
+  seconds: number;
+}
+
 export async function evalLocalization(o: LocalizationOptions): Promise<{ report: LocalizationReport; perImage: PerImage }> {
+  const share = await scoreLocalization(o, { index: 0, count: 1 });
+  const { report, perImage, examples } = buildLocalizationReport([share], share.provenance);
+  await writeLocalizationReport(o.out, report, examples, o.log);
+  return { report, perImage };
+}
+
+/** One job of a sharded evaluation: scores its share of the batches and writes it to `o.out` for `casm eval merge`. */
+export async function evalLocalizationShard(o: LocalizationOptions, shard: Shard): Promise<LocalizationShare> {
+  const share = await scoreLocalization(o, shard);
+  writeShare(o.out, share);
+  o.log(
+    `eval localization: shard ${shard.index} of ${shard.count}: ${share.records.length} images scored in ${share.seconds.toFixed(1)} s -> ${o.out}/${SHARE_FILE}; ` +
+      `'casm eval merge' of all ${shard.count} shards writes the report`,
+  );
+  return share;
+}
+
+/** Scores the images of one shard (`{ index: 0, count: 1 }`: all of them). */
+async function scoreLocalization(o: LocalizationOptions, shard: Shard): Promise<LocalizationShare> {
   const t0 = performance.now();
+  if (!Number.isInteger(shard.index) || !Number.isInteger(shard.count) || shard.index < 0 || shard.index >= shard.count) {
+    throw new EvalUsageError(`--shard-index ${shard.index} --num-shards ${shard.count}: the index must be 0..${shard.count - 1}`);
+  }
   const models = await loadModels(o.checkpoint, o.model);
   let printed = 0;
   const data = await openEvalData({
@@ -144,34 +223,35 @@ export async function evalLocalization(o: LocalizationOptions): Promise<{ report
     Object.assign(compared, await comparedMaskers(o.compare ?? [], models.size, [...o.methods]));
     const methods = [...own, ...compared.methods];
     const names = methods.map((m) => m.name);
-    const all = new SplitTally(names, o.binarization, o.alpha);
     const seenSet = o.seen ? new Set(o.seen) : null;
-    const split = seenSet ? { seen: new SplitTally(names, o.binarization, o.alpha), unseen: new SplitTally(names, o.binarization, o.alpha) } : null;
-    const byClassifier = models.checkpoint ? { right: new SplitTally(names, o.binarization, o.alpha), wrong: new SplitTally(names, o.binarization, o.alpha) } : null;
+    const isSeen = (label: number) => seenSet === null || seenSet.has(label);
     const target = o.target ?? 'auto';
-    const perImage: PerImage = { labels: [], hits: Object.fromEntries(names.map((m) => [m, []])) };
-    const examples: ExampleRow[] = [];
+    const records: ScoredImage[] = [];
+    const examples: LocalizationShare['examples'] = [];
     // Examples spread over the whole set (validation sets are often sorted by class).
     const exampleEvery = Math.max(1, Math.floor(data.total / Math.max(1, o.examples)));
     let read = 0;
-    const progress = new Progress(Math.ceil(data.total / o.data.batchSize), 0, o.data.batchSize);
+    const batches = Math.ceil(data.total / o.data.batchSize);
+    const progress = new Progress(Math.ceil((batches - shard.index) / shard.count), 0, o.data.batchSize);
     o.log(
       `eval localization: ${data.describe}; methods ${names.join(', ')}; ` +
         `${o.binarization === 'mean' ? `m >= ${o.alpha} * mean(m)` : 'top-k pixels'}, largest 4-connected component, IoU > 0.5` +
         (models.checkpoint ? `; checkpoint ${models.checkpoint.dir} (step ${models.checkpoint.state.step})` : '') +
         (models.exported ? `; casm from ${models.exported.dir}` : '') +
-        (seenSet ? `; ${seenSet.size} seen classes, gradient targets: ${targetsText(target)}` : ''),
+        (seenSet ? `; ${seenSet.size} seen classes, gradient targets: ${targetsText(target)}` : '') +
+        (shard.count > 1 ? `; shard ${shard.index} of ${shard.count}: the batches b with b mod ${shard.count} = ${shard.index}` : ''),
     );
     let batchNo = 0;
+    let mine = 0;
     for await (const b of data.batches()) {
       const first = read;
       read += b.n;
+      if (batchNo++ % shard.count !== shard.index) continue;
       const boxed = b.boxes.map((bs, i) => (bs.length > 0 ? i : -1)).filter((i) => i >= 0);
       if (boxed.length > 0) {
         const x = tf.tensor4d(b.x, [b.n, b.size, b.size, 3]);
         try {
           const top1 = models.predict(x);
-          const isSeen = (label: number) => seenSet === null || seenSet.has(label);
           const targets = b.labels.map((l, i) => (top1 !== null && (target === 'predicted' || (target === 'auto' && !isSeen(l))) ? top1[i]! : l));
           const masks = methods.map((m) => m.masks(x, targets));
           const hw = b.size * b.size;
@@ -179,28 +259,14 @@ export async function evalLocalization(o: LocalizationOptions): Promise<{ report
           const pictures = boxed.some(exampleAt) ? tf.tidy(() => imagesToRgb(denormalize(x))) : [];
           for (const i of boxed) {
             const label = b.labels[i]!;
-            const correct = top1 === null ? null : top1[i] === label;
-            const sets = [
-              all,
-              ...(split ? [isSeen(label) ? split.seen : split.unseen] : []),
-              ...(byClassifier && correct !== null && isSeen(label) ? [correct ? byClassifier.right : byClassifier.wrong] : []),
-            ];
-            for (const t of sets) {
-              t.images++;
-              t.right += correct ? 1 : 0;
-            }
-            perImage.labels.push(label);
-            const cells = masks.map((every, j) => {
-              const mask = every.subarray(i * hw, (i + 1) * hw);
-              const { box, hit } = all.tallies[j]!.add(mask, b.size, b.size, b.boxes[i]!, correct);
-              for (const t of sets.slice(1)) t.tallies[j]!.add(mask, b.size, b.size, b.boxes[i]!, correct);
-              perImage.hits[names[j]!]!.push(hit);
-              return { mask, box };
-            });
+            const cells = masks.map((every) => every.subarray(i * hw, (i + 1) * hw));
+            const scores = cells.map((mask) => scoreMask(mask, b.size, b.size, b.boxes[i]!, o.alpha, o.binarization));
+            records.push({ index: first + i, label, correct: top1 === null ? null : top1[i] === label, scores });
             if (exampleAt(i)) {
               const name = (c: number) => data.synsets?.[c] ?? `class ${c}`;
               const title = `${name(label)}${isSeen(label) ? '' : ' (unseen)'}${top1 === null ? '' : `, top-1 ${name(top1[i]!)}`}`;
-              examples.push({ image: pictures[i]!, width: b.size, height: b.size, truth: b.boxes[i]!, title, cells });
+              const row = { image: pictures[i]!, width: b.size, height: b.size, truth: b.boxes[i]!, title };
+              examples.push({ ...row, index: first + i, cells: cells.map((mask, j) => ({ mask, box: scores[j]!.box })) });
             }
           }
         } finally {
@@ -208,67 +274,138 @@ export async function evalLocalization(o: LocalizationOptions): Promise<{ report
         }
       }
       progress.tick();
-      if (++batchNo % 10 === 0) o.log(progress.line(batchNo, `${read} images, ${perImage.labels.length} with boxes`));
+      if (++mine % 10 === 0) o.log(progress.line(mine, `${read} images read, ${records.length} scored`));
     }
     if (read === 0) throw new Error(`${o.data.spec}: the validation set is empty (no image could be read)`);
-    const scored = perImage.labels.length;
-    if (scored === 0) {
-      throw new Error(`${o.data.spec}: none of the ${read} images has a ground-truth box of its class${o.data.boxes ? ` in ${o.data.boxes}` : ' (give --boxes)'}`);
-    }
     const problems = data.problems;
-    const report: LocalizationReport = {
+    // Sorted: decode workers meet problems in no fixed order, and every share must list the same.
+    const first = (problems?.list ?? [])
+      .slice()
+      .sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.offset - b.offset || (a.kind < b.kind ? -1 : a.kind > b.kind ? 1 : 0)))
+      .slice(0, 20)
+      .map((p) => `${p.file}@${p.offset}: ${p.kind}: ${p.message}`);
+    const checkpoint = models.checkpoint;
+    return {
+      shard,
+      setup: {
+        checkpoint: checkpoint && { dir: checkpoint.dir, step: checkpoint.state.step, thinning: checkpoint.state.config.thinning, score: checkpoint.state.config.score },
+        checkpointFiles: checkpoint?.state.files ?? null,
+        compared: compared.models.map((m) => ({ dir: m.checkpoint!.dir, step: m.checkpoint!.state.step, files: m.checkpoint!.state.files })),
+        model: models.exported?.dir ?? null,
+        data: { spec: o.data.spec, boxes: o.data.boxes ?? null, describe: data.describe, total: data.total, batchSize: o.data.batchSize, limit: o.data.limit ?? null },
+        protocol: {
+          preprocess: o.data.preprocess === 'eval' ? `short side to ${models.size}, centre crop ${models.size}` : `resize to ${models.size}x${models.size}`,
+          size: models.size,
+          binarization: o.binarization,
+          alpha: o.alpha,
+          box: 'tight box of the largest 4-connected component',
+          hit: 'IoU > 0.5 with any ground-truth box of the class',
+          targets: `gradient methods explain ${seenSet ? targetsText(target) : target === 'predicted' ? 'the top-1 class' : 'the ground-truth class'}`,
+        },
+        methods: names,
+        explainer: o.explainer,
+        seenClasses: seenSet && [...seenSet].sort((a, b) => a - b),
+        hasClassifier: checkpoint !== null,
+        examples: o.examples,
+      },
       provenance: provenance(o.argv),
-      checkpoint: models.checkpoint && {
-        dir: models.checkpoint.dir,
-        step: models.checkpoint.state.step,
-        thinning: models.checkpoint.state.config.thinning,
-        score: models.checkpoint.state.config.score,
-      },
-      model: models.exported?.dir ?? null,
-      data: { spec: o.data.spec, boxes: o.data.boxes ?? null, describe: data.describe },
-      protocol: {
-        preprocess: o.data.preprocess === 'eval' ? `short side to ${models.size}, centre crop ${models.size}` : `resize to ${models.size}x${models.size}`,
-        size: models.size,
-        binarization: o.binarization,
-        alpha: o.alpha,
-        box: 'tight box of the largest 4-connected component',
-        hit: 'IoU > 0.5 with any ground-truth box of the class',
-        targets: `gradient methods explain ${seenSet ? targetsText(target) : target === 'predicted' ? 'the top-1 class' : 'the ground-truth class'}`,
-      },
-      images: { read, scored, withoutBoxes: read - scored },
-      classifierTop1: models.checkpoint ? all.right / scored : null,
-      problems: { count: problems?.count ?? 0, byKind: { ...(problems?.byKind ?? {}) }, first: (problems?.format() ?? []).slice(0, 20) },
-      methods: all.result(models.checkpoint !== null)!.methods,
-      bySplit: split && {
-        seenClasses: [...seenSet!].sort((a, b) => a - b),
-        seen: split.seen.result(models.checkpoint !== null),
-        unseen: split.unseen.result(models.checkpoint !== null),
-      },
-      byClassifier: byClassifier && { right: byClassifier.right.result(true), wrong: byClassifier.wrong.result(true) },
+      read,
+      // Kinds in sorted order too: shares are compared as JSON.
+      problems: { count: problems?.count ?? 0, byKind: Object.fromEntries(Object.entries(problems?.byKind ?? {}).sort(([a], [b]) => (a < b ? -1 : 1))), first },
+      records,
+      examples,
       seconds: (performance.now() - t0) / 1000,
     };
-    if (report.images.withoutBoxes > 0) o.log(`${report.images.withoutBoxes} of ${read} images have no box of their class: not scored (see problems in report.json)`);
-    const parts = report.bySplit
-      ? (['seen', 'unseen'] as const).flatMap((k) => (report.bySplit![k] ? [{ name: `${k} classes (${report.bySplit![k]!.images})`, r: report.bySplit![k]!.methods }] : []))
-      : [{ name: 'LE', r: report.methods }];
-    const le = await barChartPng({
-      title: `Localisation error (${scored} images)`,
-      yLabel: 'LE (lower is better)',
-      categories: names,
-      series: parts.map((p) => ({ name: p.name, values: names.map((m) => p.r[m]!.le) })),
-      yMax: 1,
-    });
-    const figures: Record<string, Buffer> = { 'le.png': le };
-    if (examples.length > 0) figures['examples.png'] = await exampleGridPng(examples, { methods: names });
-    writeReport(o.out, report, localizationMarkdown(report), figures);
-    o.log(`eval localization: ${scored} images scored in ${report.seconds.toFixed(1)} s -> ${o.out}/report.{json,md}, le.png, examples.png`);
-    o.log(localizationTable(report).trimEnd());
-    return { report, perImage };
   } finally {
     await data.close();
     models.dispose();
     for (const m of compared.models) m.dispose();
   }
+}
+
+/**
+ * The report of the shares of one evaluation (checked to fit together, see merge.ts): the records
+ * tallied in image order, the first `setup.examples` example candidates.
+ */
+export function buildLocalizationReport(
+  shares: LocalizationShare[],
+  prov: Provenance,
+): { report: LocalizationReport; perImage: PerImage; examples: ExampleRow[] } {
+  const { setup, read, problems } = shares[0]!;
+  const records = shares.flatMap((s) => s.records).sort((a, b) => a.index - b.index);
+  const names = setup.methods;
+  const scored = records.length;
+  if (scored === 0) {
+    throw new Error(`${setup.data.spec}: none of the ${read} images has a ground-truth box of its class${setup.data.boxes ? ` in ${setup.data.boxes}` : ' (give --boxes)'}`);
+  }
+  const seenSet = setup.seenClasses && new Set(setup.seenClasses);
+  const isSeen = (label: number) => seenSet === null || seenSet.has(label);
+  const all = new SplitTally(names);
+  const split = seenSet ? { seen: new SplitTally(names), unseen: new SplitTally(names) } : null;
+  const byClassifier = setup.hasClassifier ? { right: new SplitTally(names), wrong: new SplitTally(names) } : null;
+  const perImage: PerImage = { labels: [], hits: Object.fromEntries(names.map((m) => [m, []])) };
+  for (const r of records) {
+    all.add(r);
+    split?.[isSeen(r.label) ? 'seen' : 'unseen'].add(r);
+    if (byClassifier && r.correct !== null && isSeen(r.label)) byClassifier[r.correct ? 'right' : 'wrong'].add(r);
+    perImage.labels.push(r.label);
+    r.scores.forEach((s, j) => perImage.hits[names[j]!]!.push(s.hit));
+  }
+  const report: LocalizationReport = {
+    provenance: prov,
+    checkpoint: setup.checkpoint,
+    model: setup.model,
+    data: { spec: setup.data.spec, boxes: setup.data.boxes, describe: setup.data.describe },
+    protocol: setup.protocol,
+    images: { read, scored, withoutBoxes: read - scored },
+    classifierTop1: setup.hasClassifier ? all.right / scored : null,
+    problems,
+    methods: all.result(setup.hasClassifier)!.methods,
+    bySplit: split && {
+      seenClasses: setup.seenClasses!,
+      seen: split.seen.result(setup.hasClassifier),
+      unseen: split.unseen.result(setup.hasClassifier),
+    },
+    byClassifier: byClassifier && { right: byClassifier.right.result(true), wrong: byClassifier.wrong.result(true) },
+    shards: shares.length,
+    seconds: shares.reduce((t, s) => t + s.seconds, 0),
+  };
+  const examples = shares
+    .flatMap((s) => s.examples)
+    .sort((a, b) => a.index - b.index)
+    .slice(0, setup.examples)
+    .map(({ index: _, ...row }) => row);
+  return { report, perImage, examples };
+}
+
+/** `casm eval merge`: the report of the shards in `dirs`, the one an unsharded run writes. */
+export async function mergeLocalization(dirs: string[], out: string, argv: string[], log: (line: string) => void): Promise<LocalizationReport> {
+  const shares = readShares(dirs);
+  log(`eval merge: ${shares.length} shards, ${shares.reduce((n, s) => n + s.records.length, 0)} scored images of ${shares[0]!.read} read`);
+  const { report, examples } = buildLocalizationReport(shares, provenance(argv, shares[0]!.provenance));
+  await writeLocalizationReport(out, report, examples, log);
+  return report;
+}
+
+/** report.json, report.md, le.png and examples.png into `out`. */
+export async function writeLocalizationReport(out: string, report: LocalizationReport, examples: ExampleRow[], log: (line: string) => void): Promise<void> {
+  const names = Object.keys(report.methods);
+  if (report.images.withoutBoxes > 0) log(`${report.images.withoutBoxes} of ${report.images.read} images have no box of their class: not scored (see problems in report.json)`);
+  const parts = report.bySplit
+    ? (['seen', 'unseen'] as const).flatMap((k) => (report.bySplit![k] ? [{ name: `${k} classes (${report.bySplit![k]!.images})`, r: report.bySplit![k]!.methods }] : []))
+    : [{ name: 'LE', r: report.methods }];
+  const le = await barChartPng({
+    title: `Localisation error (${report.images.scored} images)`,
+    yLabel: 'LE (lower is better)',
+    categories: names,
+    series: parts.map((p) => ({ name: p.name, values: names.map((m) => p.r[m]!.le) })),
+    yMax: 1,
+  });
+  const figures: Record<string, Buffer> = { 'le.png': le };
+  if (examples.length > 0) figures['examples.png'] = await exampleGridPng(examples, { methods: names });
+  writeReport(out, report, localizationMarkdown(report), figures);
+  log(`eval localization: ${report.images.scored} images scored in ${report.seconds.toFixed(1)} s -> ${out}/report.{json,md}, le.png, examples.png`);
+  log(localizationTable(report).trimEnd());
 }
 
 function targetsText(target: Target): string {

@@ -16,12 +16,13 @@ export interface Provenance {
   date: string;
 }
 
-export function provenance(argv: string[]): Provenance {
+/** This command's provenance; `engine`: the versions and backend of the jobs whose results it merges. */
+export function provenance(argv: string[], engine?: Pick<Provenance, 'projectVersion' | 'tfjsVersion' | 'backend'>): Provenance {
   return {
     command: ['casm', ...argv].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(' '),
-    projectVersion: PROJECT_VERSION,
-    tfjsVersion: tf.version.tfjs,
-    backend: tf.getBackend(),
+    projectVersion: engine?.projectVersion ?? PROJECT_VERSION,
+    tfjsVersion: engine?.tfjsVersion ?? tf.version.tfjs,
+    backend: engine?.backend ?? tf.getBackend(),
     date: new Date().toISOString(),
   };
 }

@@ -2,6 +2,9 @@
  * The CLI run in-process on the test backend: its exit code and what it printed (console.log
  * and console.error captured for the call).
  */
+/** Commands that run no model, and so take no --backend. */
+const ENGINE_FREE = ['eval merge'];
+
 export function inProcessCli(backend: string): (...args: string[]) => Promise<{ code: number; out: string; err: string }> {
   return async (...args) => {
     const out: string[] = [];
@@ -12,7 +15,8 @@ export function inProcessCli(backend: string): (...args: string[]) => Promise<{ 
     try {
       // Imported on first use, after the caller chose the backend (as the tests always did).
       const { main } = await import('../../src/cli.js');
-      const code = await main(['node', 'casm', ...args, '--backend', backend]);
+      const engine = !ENGINE_FREE.includes(args.slice(0, 2).join(' '));
+      const code = await main(['node', 'casm', ...args, ...(engine ? ['--backend', backend] : [])]);
       return { code, out: out.join('\n'), err: err.join('\n') };
     } finally {
       [console.log, console.error] = [log, error];

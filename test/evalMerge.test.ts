@@ -1,0 +1,102 @@
+/**
+ * Sharded evaluation: `eval localization --shard-index i --num-shards n` on every i, then
+ * `eval merge`, gives the report one process gives (every figure, the example rows in the same
+ * order, the same figures byte for byte), on the held-out digits and on JPEG shards with corrupt
+ * records, for 1, 2 and 3 shards; shares that are not one evaluation's shards are refused, named.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cpSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { LocalizationReport } from '../src/eval/localizationCommand.js';
+import { useTestBackend } from './helpers/backend.js';
+import { inProcessCli } from './helpers/cli.js';
+import { trainTinyRun } from './helpers/tinyRun.js';
+import { digitValShards } from './helpers/valShards.js';
+
+const backend = await useTestBackend();
+const casm = inProcessCli(backend);
+const root = mkdtempSync(join(tmpdir(), 'casm-merge-'));
+test.after(() => rmSync(root, { recursive: true, force: true }));
+const runDir = join(root, 'run');
+await trainTinyRun(runDir);
+
+const readJson = <T>(path: string): T => JSON.parse(readFileSync(path, 'utf8')) as T;
+/** A report without what differs between any two runs of one command: when, how long, by which command. */
+function figures(dir: string): Omit<LocalizationReport, 'provenance' | 'seconds' | 'shards'> {
+  const { provenance: _p, seconds: _s, shards: _n, ...rest } = readJson<LocalizationReport>(join(dir, 'report.json'));
+  return rest;
+}
+const markdownBody = (dir: string) => readFileSync(join(dir, 'report.md'), 'utf8').replace(/^- (command:|casm-ts) .*$/gm, '');
+
+/** Runs `args` whole and as `n` shards plus a merge; asserts that the two reports are one. */
+async function assertMergeExact(name: string, args: string[], counts: number[]): Promise<LocalizationReport> {
+  const whole = join(root, `${name}-whole`);
+  const r = await casm('eval', 'localization', ...args, '--out', whole);
+  assert.equal(r.code, 0, r.err);
+  for (const n of counts) {
+    const dirs = Array.from({ length: n }, (_, i) => join(root, `${name}-${n}-shard${i}`));
+    for (const [i, dir] of dirs.entries()) {
+      const s = await casm('eval', 'localization', ...args, '--shard-index', String(i), '--num-shards', String(n), '--out', dir);
+      assert.equal(s.code, 0, s.err);
+      assert.match(s.out, new RegExp(`shard ${i} of ${n}: \\d+ images scored`));
+    }
+    const merged = join(root, `${name}-${n}-merged`);
+    // Given out of order: the merge orders shards by index.
+    const m = await casm('eval', 'merge', ...dirs.slice().reverse(), '--out', merged);
+    assert.equal(m.code, 0, m.err);
+    assert.deepEqual(figures(merged), figures(whole), `${name}: ${n} shards merged`);
+    assert.equal(readJson<LocalizationReport>(join(merged, 'report.json')).shards, n);
+    assert.equal(markdownBody(merged), markdownBody(whole), `${name}: report.md of ${n} shards`);
+    for (const png of ['examples.png', 'le.png']) assert.ok(readFileSync(join(merged, png)).equals(readFileSync(join(whole, png))), `${name}: ${png} of ${n} shards`);
+  }
+  return readJson<LocalizationReport>(join(whole, 'report.json'));
+}
+
+test('eval merge of 1, 2, 3 shards of the held-out digits = one process: every figure, seen/unseen, examples in order', async () => {
+  // 23 images in batches of 5: five batches, the last short; three shards get 2, 2 and 1 of them.
+  const args = ['--checkpoint', runDir, '--methods', 'casm,gradcam,smoothgrad,vanilla,full,centre', '--samples', '2', '--seen', '0-4', '--limit', '23', '--batch-size', '5', '--examples', '5'];
+  const whole = await assertMergeExact('digits', args, [1, 2, 3]);
+  assert.equal(whole.images.scored, 23);
+  assert.equal(whole.bySplit!.seen!.images + whole.bySplit!.unseen!.images, 23, 'both splits present');
+  assert.equal(whole.shards, 1);
+});
+
+test('eval merge on JPEG shards with corrupt records: problems counted once, the same report for 1, 2, 3 shards', async () => {
+  const d = await digitValShards(join(root, 'val'), { images: 20, tars: 2, corruptAfter: [3, 14] });
+  const args = ['--checkpoint', runDir, '--data', d.spec, '--synsets', d.synsets, '--boxes', d.boxes, '--methods', 'casm,vanilla,full', '--batch-size', '4', '--workers', '2', '--examples', '3'];
+  const whole = await assertMergeExact('jpeg', args, [1, 2, 3]);
+  assert.deepEqual(whole.images, { read: 20, scored: 17, withoutBoxes: 3 });
+  assert.equal(whole.problems.byKind['decode-error'], 2, JSON.stringify(whole.problems));
+  assert.equal(whole.methods['full']!.le, 0, 'every box is its whole image');
+});
+
+test('eval merge refuses shares of two checkpoints, a missing and a duplicated shard, a directory without a share', async () => {
+  const other = join(root, 'run-b');
+  await trainTinyRun(other, { maxSteps: 4 });
+  const args = (run: string, i: number, n: number) => ['eval', 'localization', '--checkpoint', run, '--methods', 'casm,full', '--limit', '8', '--batch-size', '4', '--shard-index', String(i), '--num-shards', String(n)];
+  const dir = (tag: string) => join(root, `refuse-${tag}`);
+  for (const [tag, run, i, n] of [['a0', runDir, 0, 2], ['b1', other, 1, 2], ['a1', runDir, 1, 2], ['t0', runDir, 0, 3], ['t1', runDir, 1, 3]] as const) {
+    const r = await casm(...args(run, i, n), '--out', dir(tag));
+    assert.equal(r.code, 0, r.err);
+  }
+  const refused = async (dirs: string[], pattern: RegExp) => {
+    const r = await casm('eval', 'merge', ...dirs, '--out', join(root, 'refused'));
+    assert.equal(r.code, 2, `${dirs.join(' ')}: ${r.out}${r.err}`);
+    assert.match(r.err, pattern);
+  };
+  await refused([dir('a0'), dir('b1')], new RegExp(`${dir('a0')} and ${dir('b1')} are not shards of one evaluation: their checkpoint differs`));
+  await refused([dir('t0'), dir('t1')], new RegExp(`shard 2 of 3 missing \\(given: ${dir('t0')}, ${dir('t1')}\\)`));
+  cpSync(dir('a0'), dir('a0-copy'), { recursive: true });
+  await refused([dir('a0'), dir('a0-copy'), dir('a1')], new RegExp(`shard 0 of 2 given twice: ${dir('a0')} and ${dir('a0-copy')}`));
+  await refused([dir('a0'), dir('t1')], new RegExp(`${dir('a0')} is shard 0 of 2, ${dir('t1')} shard 1 of 3`));
+  await refused([dir('a0'), runDir], new RegExp(`${runDir}: no share\\.json`));
+  // The two that fit merge.
+  const ok = await casm('eval', 'merge', dir('a0'), dir('a1'), '--out', join(root, 'ok'));
+  assert.equal(ok.code, 0, ok.err);
+  assert.equal(readJson<LocalizationReport>(join(root, 'ok', 'report.json')).images.scored, 8);
+  const bad = await casm(...args(runDir, 2, 2), '--out', dir('x'));
+  assert.equal(bad.code, 2);
+  assert.match(bad.err, /--shard-index 2: must be below --num-shards 2/);
+});
