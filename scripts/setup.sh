@@ -158,18 +158,26 @@ t=$SECONDS
 CASM_VENV="$VENV" bash "$ROOT/scripts/setup-oracles.sh" ||
   echo "WARNING: torch/torchvision oracles could not be installed; the oracle tests will fail" >&2
 timed "test oracles" $((SECONDS - t))
-# The browser test (test/exportBrowser.test.ts, the web/ page end to end) drives Debian's chromium.
+# Debian packages some tests drive: installed as root with apt-get, else a warning (those tests fail).
+debian_tool() { # debian_tool <path of its binary> <what for> <apt-get install options and packages...>
+  local bin=$1 why=$2
+  shift 2
+  if [ -x "$bin" ]; then
+    info "$why: $bin present"
+  elif command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    info "$why: apt-get install $*"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } ||
+      echo "WARNING: $* could not be installed; the $why will fail" >&2
+  else
+    echo "WARNING: $bin is missing (as root: apt-get install $*); the $why will fail" >&2
+  fi
+}
 t=$SECONDS
-if [ -x /usr/bin/chromium ]; then
-  info "browser: $(/usr/bin/chromium --version 2>/dev/null | head -1): present"
-elif command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  info "browser: apt-get install chromium (for the browser test of web/)"
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } ||
-    echo "WARNING: chromium could not be installed; the browser test will fail" >&2
-else
-  echo "WARNING: /usr/bin/chromium is missing (install Debian's chromium as root); the browser test will fail" >&2
-fi
-timed "browser" $((SECONDS - t))
+# test/exportBrowser.test.ts: the web/ page end to end in Debian's chromium.
+debian_tool /usr/bin/chromium "browser test" chromium
+# test/slurm.test.ts: sharded evaluation on a single-node Slurm cluster started by the test.
+debian_tool /usr/sbin/slurmctld "Slurm test" --no-install-recommends slurmctld slurmd slurm-client munge
+timed "browser, Slurm" $((SECONDS - t))
 
 # ------------------------------------------------------------------ 5. photo sources
 step "5/6 photo sources (Debian packages for the photo-objects benchmark)"

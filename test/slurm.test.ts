@@ -1,0 +1,68 @@
+/**
+ * On a real Slurm: a single-node cluster (Debian's slurmctld, slurmd and munge, started as root by
+ * test/helpers/slurm-cluster.sh under a temp directory, stopped and removed at the end) runs
+ * scripts/slurm/eval-localization.sh: an array of shard jobs of `casm eval localization` and a
+ * merge job after them (afterok). The merged report must be the one-process report; a failing
+ * shard must cancel the merge and make the script fail.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { LocalizationReport } from '../src/eval/localizationCommand.js';
+import { useTestBackend } from './helpers/backend.js';
+import { readJson, sameReport } from './helpers/reports.js';
+import { trainTinyRun } from './helpers/tinyRun.js';
+
+const repo = fileURLToPath(new URL('../..', import.meta.url));
+const backend = await useTestBackend();
+const root = mkdtempSync(join(tmpdir(), 'casm-slurm-'));
+const clusterDir = join(root, 'cluster');
+const run = (cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env) => spawnSync(cmd, args, { cwd: repo, env, encoding: 'utf8', timeout: 300_000 });
+
+const started = run('bash', [join(repo, 'test', 'helpers', 'slurm-cluster.sh'), 'start', clusterDir]);
+test.after(() => {
+  run('bash', [join(repo, 'test', 'helpers', 'slurm-cluster.sh'), 'stop', clusterDir]);
+  rmSync(root, { recursive: true, force: true });
+});
+const env = { ...process.env, SLURM_CONF: started.stdout.trim() };
+const runDir = join(root, 'run');
+await trainTinyRun(runDir);
+
+test('Slurm: an array of 3 shard jobs and a merge job after them give the one-process report', () => {
+  assert.equal(started.status, 0, `the local cluster did not start: ${started.stderr}`);
+  const evalArgs = ['--checkpoint', runDir, '--methods', 'casm,smoothgrad,full,centre', '--samples', '2', '--limit', '20', '--batch-size', '4', '--examples', '4', '--workers', '1', '--backend', backend];
+  const whole = join(root, 'whole');
+  const single = run('node', [join(repo, 'dist', 'src', 'cli.js'), 'eval', 'localization', ...evalArgs, '--out', whole]);
+  assert.equal(single.status, 0, single.stderr);
+
+  const out = join(root, 'sharded');
+  const r = run('bash', [join(repo, 'scripts', 'slurm', 'eval-localization.sh'), '--shards', '3', '--out', out, '--wait', '--', ...evalArgs], env);
+  assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}\n${logs(out)}`);
+  assert.match(r.stdout, /shards: job \d+ \(array 0-2/);
+  for (let i = 0; i < 3; i++) assert.ok(existsSync(join(out, `shard-${i}`, 'share.json')), `shard ${i} wrote its share`);
+  assert.deepEqual(sameReport(out, whole), { figures: true, markdown: true, pngs: [] });
+  const merged = readJson<LocalizationReport>(join(out, 'report.json'));
+  assert.equal(merged.shards, 3);
+  assert.equal(merged.images.scored, 20);
+  assert.match(merged.provenance.command, /^casm eval merge .*shard-0 .*shard-1 .*shard-2 --out /);
+});
+
+test('Slurm: a shard that fails cancels the merge, and the script says so with a non-zero exit', () => {
+  assert.equal(started.status, 0, `the local cluster did not start: ${started.stderr}`);
+  const out = join(root, 'failing');
+  const r = run('bash', [join(repo, 'scripts', 'slurm', 'eval-localization.sh'), '--shards', '2', '--out', out, '--wait', '--', '--checkpoint', join(root, 'no-such-run'), '--limit', '8'], env);
+  assert.notEqual(r.status, 0, r.stdout);
+  assert.match(r.stdout, /merge: job \d+ .*\(failed: exit \d+, job CANCELLED, see /);
+  assert.match(readFileSync(join(out, 'logs', 'shard-0.out'), 'utf8'), /no-such-run/);
+  assert.ok(!existsSync(join(out, 'report.json')), 'no report without every shard');
+});
+
+function logs(out: string): string {
+  const dir = join(out, 'logs');
+  if (!existsSync(dir)) return '(no logs)';
+  return ['shard-0.out', 'shard-1.out', 'shard-2.out', 'merge.out'].map((f) => (existsSync(join(dir, f)) ? `${f}:\n${readFileSync(join(dir, f), 'utf8')}` : '')).join('\n');
+}
