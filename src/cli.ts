@@ -32,6 +32,7 @@ import { BINARIZATIONS, type Binarization } from './eval/localization.js';
 import { evalClassifiers } from './eval/classifiersCommand.js';
 import { DEFAULT_RADIUS } from './eval/inpaint.js';
 import { evalLocalization, evalLocalizationShard, mergeLocalization, TARGETS, type LocalizationOptions, type Target } from './eval/localizationCommand.js';
+import { runSweep } from './eval/sweep.js';
 import { runUnseen, TRAININGS } from './eval/unseen.js';
 import { DEFAULT_METHODS, EVAL_METHODS, EvalUsageError, parseEvalMethods, type EvalMethod } from './eval/methods.js';
 import { MASK_STRIDES, type MaskStride, type Upsample } from './models/masker.js';
@@ -151,6 +152,16 @@ function num(min: number, max = Infinity) {
       throw new InvalidArgumentError(max === Infinity ? `expected a finite number >= ${min}` : `expected a number in [${min}, ${max}]`);
     }
     return n;
+  };
+}
+
+/** A comma-separated list of some of `choices`, each once. */
+function listOf<T extends string>(choices: readonly T[]) {
+  return (v: string): T[] => {
+    const items = v.split(',');
+    for (const x of items) if (!choices.includes(x as T)) throw new InvalidArgumentError(`unknown '${x}': valid are ${choices.join(', ')}`);
+    if (new Set(items).size !== items.length) throw new InvalidArgumentError('an item is given twice');
+    return items as T[];
   };
 }
 
@@ -683,20 +694,15 @@ export function buildProgram(argv: string[] = []): Command {
       );
     });
   const experiment = program.command('experiment').description('experiments of the paper (spec section 4)');
-  withTrainOptions(experiment.command('unseen'))
+  withExperimentOptions(withTrainOptions(experiment.command('unseen')))
     .description(
       'train CASM (thinning L) on class subsets B-F, C-F, D-F, E-F, F of disjoint sets A 5%, B 5%, C 10%, D 30%, E 30%, F 20%, ' +
         'and report LE on seen vs unseen classes (experiment.json, report.md, unseen.png); resumable: rerun the same command',
     )
     .option('--trainings <list>', `which trainings of the protocol (default ${TRAININGS.join(',')})`, (v: string) => v.split(','), TRAININGS)
     .option('--seen <classes>', "instead of the protocol: one training on these classes (e.g. '0-4' for the digits), the rest unseen")
-    .option('--eval-limit <n>', `validation images per evaluation (${BUILTIN_DATA}: default ${DIGITS_EVAL_COUNT}; shards: all)`, int(1))
-    .option('--eval-batch-size <n>', 'images per evaluation pass', int(1), 16)
-    .action(async (o: TrainOptions & { trainings: string[]; seen?: string; evalLimit?: number; evalBatchSize: number }, cmd: Command) => {
-      if (o.out === undefined) throw new UsageError('experiment unseen: give --out <dir> (the experiment directory)');
-      if (o.resume !== undefined || o.classes !== undefined) throw new UsageError('experiment unseen: the experiment chooses the classes and resumes itself (no --classes, --resume)');
-      if (o.data !== BUILTIN_DATA && o.val === undefined) throw new UsageError('experiment unseen: give --val <spec> and --boxes <path>: the validation images the maskers are scored on');
-      checkTrainOptions(o);
+    .action(async (o: ExperimentCliOptions & { trainings: string[]; seen?: string }, cmd: Command) => {
+      checkExperimentOptions('unseen', o);
       for (const t of o.trainings) {
         if (!TRAININGS.includes(t)) throw new UsageError(`--trainings: unknown training '${t}': valid are ${TRAININGS.join(', ')}`);
       }
@@ -705,48 +711,98 @@ export function buildProgram(argv: string[] = []): Command {
       const log = (line: string) => console.log(line);
       await initEngine(o.backend, log);
       const { plan, classes: numClasses } = dataPlanFrom(o);
-      const exp = o.out;
       await runUnseen({
-        out: exp,
+        out: o.out!,
         numClasses,
         seed: o.seed,
         trainings: o.trainings,
         ...(o.seen !== undefined ? { seen: parseClassRanges(o.seen, '--seen') } : {}),
+        ...(o.task !== undefined ? { task: o.task } : {}),
+        merge: o.merge,
         argv,
         log,
-        async train(_name, classes, runDir) {
-          const data: DataPlan =
-            plan.kind === 'digits' ? { ...plan, classes } : { ...plan, trainOptions: { ...plan.trainOptions, classes: classes.join(',') } };
-          const { trainer } = await runTraining({
-            config: trainConfigFrom({ ...o, thinning }, numClasses),
-            outDir: runDir,
-            data,
-            checkpointEvery: o.checkpointEvery,
-            logEvery: o.logEvery,
-            imageEvery: o.imageEvery,
-            maxSteps: o.maxSteps,
-            ...(existsSync(join(runDir, 'latest')) ? { resume: runDir } : {}),
-            classifierWeights: o.classifierWeights,
-            log,
-          });
-          trainer.dispose();
-        },
-        evaluate: (runDir, out) =>
-          evalLocalization({
-            checkpoint: runDir,
-            data: evalDataOptions({ ...o, data: o.val ?? BUILTIN_DATA, stretch: false, limit: o.evalLimit, batchSize: o.evalBatchSize }),
-            methods: ['casm'],
-            binarization: 'mean',
-            alpha: 1,
-            explainer: { samples: 1, spread: 0, magnitude: false, seed: o.seed },
-            examples: 8,
-            out,
-            argv,
-            log,
-          }),
+        train: (_name, classes, runDir) =>
+          trainRun(o, trainConfigFrom({ ...o, thinning }, numClasses), plan.kind === 'digits' ? { ...plan, classes } : { ...plan, trainOptions: { ...plan.trainOptions, classes: classes.join(',') } }, runDir, log),
+        evaluate: (runDir, out) => evaluateCasm(o, runDir, out, argv, log),
+      });
+    });
+  withExperimentOptions(withTrainOptions(experiment.command('sweep')))
+    .description('train CASM for every thinning x score (x lambda_R) and report LE, OM, F1 and mask area of each on the validation images (experiment.json, report.md, sweep.png); resumable')
+    .option('--thinnings <list>', `comma-separated: ${THINNINGS.join(', ')}`, listOf(THINNINGS), [...THINNINGS])
+    .option('--scores <list>', `comma-separated: ${SCORES.join(', ')}`, listOf(SCORES), [...SCORES])
+    .option('--lambdas <list>', "comma-separated lambda_R values, each a training of every thinning x score (default: each one's preset)", (v: string) => v.split(',').map((x) => num(0)(x)), [])
+    .action(async (o: ExperimentCliOptions & { thinnings: Thinning[]; scores: Score[]; lambdas: number[] }) => {
+      checkExperimentOptions('sweep', o);
+      if (o.lambdaR !== undefined) throw new UsageError('experiment sweep: give lambda_R values with --lambdas, not --lambda-r');
+      const log = (line: string) => console.log(line);
+      await initEngine(o.backend, log);
+      const { plan, classes } = dataPlanFrom(o);
+      await runSweep({
+        out: o.out!,
+        thinnings: o.thinnings,
+        scores: o.scores,
+        lambdas: o.lambdas,
+        ...(o.task !== undefined ? { task: o.task } : {}),
+        merge: o.merge,
+        argv,
+        log,
+        train: (p, runDir) => trainRun(o, trainConfigFrom({ ...o, thinning: p.thinning, score: p.score, ...(p.lambdaR === null ? {} : { lambdaR: p.lambdaR }) }, classes), plan, runDir, log),
+        evaluate: async (runDir, out) => (await evaluateCasm(o, runDir, out, argv, log)).report,
       });
     });
   return program;
+}
+
+type ExperimentCliOptions = TrainOptions & { evalLimit?: number; evalBatchSize: number; task?: number; merge: boolean };
+
+/** What every experiment adds to the training options: its evaluations, and running as a job array. */
+function withExperimentOptions(cmd: Command): Command {
+  return cmd
+    .option('--eval-limit <n>', `validation images per evaluation (${BUILTIN_DATA}: default ${DIGITS_EVAL_COUNT}; shards: all)`, int(1))
+    .option('--eval-batch-size <n>', 'images per evaluation pass', int(1), 16)
+    .option('--task <i>', 'run only the i-th training (0-based) and its evaluation: one task of a job array (e.g. --task $SLURM_ARRAY_TASK_ID)', int(0))
+    .option('--merge', 'train nothing: the report of trainings that are all done (the last step after a job array)', false);
+}
+
+function checkExperimentOptions(name: string, o: ExperimentCliOptions): void {
+  if (o.task !== undefined && o.merge) throw new UsageError(`experiment ${name}: --task runs one training, --merge none: give one of them`);
+  if (o.out === undefined) throw new UsageError(`experiment ${name}: give --out <dir> (the experiment directory)`);
+  if (o.resume !== undefined || o.classes !== undefined) throw new UsageError(`experiment ${name}: the experiment chooses the classes and resumes itself (no --classes, --resume)`);
+  if (o.data !== BUILTIN_DATA && o.val === undefined) throw new UsageError(`experiment ${name}: give --val <spec> and --boxes <path>: the validation images the maskers are scored on`);
+  checkTrainOptions(o);
+}
+
+/** One training of an experiment into runDir; continued from its latest checkpoint when it has one. */
+async function trainRun(o: TrainOptions, config: TrainConfig, data: DataPlan, runDir: string, log: (line: string) => void): Promise<void> {
+  const { trainer } = await runTraining({
+    config,
+    outDir: runDir,
+    data,
+    checkpointEvery: o.checkpointEvery,
+    logEvery: o.logEvery,
+    imageEvery: o.imageEvery,
+    maxSteps: o.maxSteps,
+    ...(existsSync(join(runDir, 'latest')) ? { resume: runDir } : {}),
+    classifierWeights: o.classifierWeights,
+    log,
+  });
+  trainer.dispose();
+}
+
+/** CASM's localisation figures of a run on the experiment's validation images (--val, or the held-out digits). */
+function evaluateCasm(o: ExperimentCliOptions, runDir: string, out: string, argv: string[], log: (line: string) => void) {
+  return evalLocalization({
+    checkpoint: runDir,
+    data: evalDataOptions({ ...o, data: o.val ?? BUILTIN_DATA, stretch: false, limit: o.evalLimit, batchSize: o.evalBatchSize }),
+    methods: ['casm'],
+    binarization: 'mean',
+    alpha: 1,
+    explainer: { samples: 1, spread: 0, magnitude: false, seed: o.seed },
+    examples: 8,
+    out,
+    argv,
+    log,
+  });
 }
 
 interface EvalCliOptions {

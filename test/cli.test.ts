@@ -60,6 +60,10 @@ test('bad invocations exit with code 2 and say what is wrong', () => {
     [['data', 'inspect', join(tmp, 'one.tar'), '--shard-index', '3', '--num-shards', '2'], /--shard-index 3: must be below --num-shards 2/],
     [['export', '--checkpoint', tmp, '--out', join(tmp, 'a-file')], /--out .*a-file: exists and is not a directory/],
     [['explain', join(tmp, 'no-images'), '--checkpoint', tmp, '--out', join(tmp, 'ex')], /no image files in .*no-images/],
+    [['experiment', 'sweep', '--thinnings', 'F,L7', '--out', join(tmp, 'sw')], /--thinnings <list>' argument 'F,L7' is invalid\. unknown 'L7': valid are F, L, FL, L100, L1000/],
+    [['experiment', 'sweep', '--scores', 'entropy,entropy', '--out', join(tmp, 'sw')], /--scores <list>' argument 'entropy,entropy' is invalid\. an item is given twice/],
+    [['experiment', 'sweep', '--task', '0', '--merge', '--out', join(tmp, 'sw')], /experiment sweep: --task runs one training, --merge none: give one of them/],
+    [['eval', 'localization', '--shard-index', '1', '--out', join(tmp, 'ev')], /--shard-index and --num-shards go together/],
   ];
   for (const [args, message] of cases) {
     const { code, err } = casm(...args);

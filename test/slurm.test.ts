@@ -2,20 +2,22 @@
  * On a real Slurm: a single-node cluster (Debian's slurmctld, slurmd and munge, started as root by
  * test/helpers/slurm-cluster.sh under a temp directory, stopped and removed at the end) runs
  * scripts/slurm/eval-localization.sh: an array of shard jobs of `casm eval localization` and a
- * merge job after them (afterok). The merged report must be the one-process report; a failing
- * shard must cancel the merge and make the script fail.
+ * merge job after them (afterok), and scripts/slurm/experiment.sh: an array of tiny trainings of
+ * `casm experiment sweep` and the report after them. The merged report must be the one-process
+ * report, the sweep's figures those of one process; a failing shard must cancel the merge and
+ * make the script fail.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { LocalizationReport } from '../src/eval/localizationCommand.js';
 import { useTestBackend } from './helpers/backend.js';
 import { readJson, sameReport } from './helpers/reports.js';
-import { trainTinyRun } from './helpers/tinyRun.js';
+import { tinySweep, trainTinyRun } from './helpers/tinyRun.js';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
 const backend = await useTestBackend();
@@ -42,7 +44,7 @@ test('Slurm: an array of 3 shard jobs and a merge job after them give the one-pr
   const out = join(root, 'sharded');
   const r = run('bash', [join(repo, 'scripts', 'slurm', 'eval-localization.sh'), '--shards', '3', '--out', out, '--wait', '--', ...evalArgs], env);
   assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}\n${logs(out)}`);
-  assert.match(r.stdout, /shards: job \d+ \(array 0-2/);
+  assert.match(r.stdout, /array: job \d+ \(tasks 0-2, /);
   for (let i = 0; i < 3; i++) assert.ok(existsSync(join(out, `shard-${i}`, 'share.json')), `shard ${i} wrote its share`);
   assert.deepEqual(sameReport(out, whole), { figures: true, markdown: true, pngs: [] });
   const merged = readJson<LocalizationReport>(join(out, 'report.json'));
@@ -56,13 +58,30 @@ test('Slurm: a shard that fails cancels the merge, and the script says so with a
   const out = join(root, 'failing');
   const r = run('bash', [join(repo, 'scripts', 'slurm', 'eval-localization.sh'), '--shards', '2', '--out', out, '--wait', '--', '--checkpoint', join(root, 'no-such-run'), '--limit', '8'], env);
   assert.notEqual(r.status, 0, r.stdout);
-  assert.match(r.stdout, /merge: job \d+ .*\(failed: exit \d+, job CANCELLED, see /);
-  assert.match(readFileSync(join(out, 'logs', 'shard-0.out'), 'utf8'), /no-such-run/);
+  assert.match(r.stdout, /then: job \d+ \(failed: exit \d+, job CANCELLED, see /);
+  assert.match(readFileSync(join(out, 'logs', 'eval-shard-0.out'), 'utf8'), /no-such-run/);
   assert.ok(!existsSync(join(out, 'report.json')), 'no report without every shard');
+});
+
+test('Slurm: a sweep as a job array, one training per task, then its report: the figures of one process', () => {
+  assert.equal(started.status, 0, `the local cluster did not start: ${started.stderr}`);
+  const cli = (args: string[], e = process.env) => run('node', [join(repo, 'dist', 'src', 'cli.js'), ...args, '--backend', backend], e);
+  const whole = join(root, 'sweep-whole');
+  const single = cli(tinySweep(whole));
+  assert.equal(single.status, 0, single.stderr);
+  const out = join(root, 'sweep-array');
+  const r = run('bash', [join(repo, 'scripts', 'slurm', 'experiment.sh'), '--tasks', '2', '--cpus', '1', '--wait', '--', ...tinySweep(out).slice(1), '--backend', backend], env);
+  assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}\n${logs(out)}`);
+  for (const name of ['F-entropy', 'L100-entropy']) assert.match(readFileSync(join(out, 'logs', `experiment-task-${name === 'F-entropy' ? 0 : 1}.out`), 'utf8'), new RegExp(`training ${name} ->`));
+  assert.doesNotMatch(readFileSync(join(out, 'logs', 'experiment-merge.out'), 'utf8'), /training \S+ ->/, 'the report job trains nothing');
+  type Sweep = { trainings: { name: string; result: unknown }[] };
+  const results = (dir: string) => readJson<Sweep>(join(dir, 'experiment.json')).trainings.map((t) => [t.name, t.result]);
+  assert.deepEqual(results(out), results(whole));
+  assert.match(readFileSync(join(out, 'report.md'), 'utf8'), /\| L100-entropy \| L100 \| entropy \| default \| [\d.]+ \|/);
 });
 
 function logs(out: string): string {
   const dir = join(out, 'logs');
   if (!existsSync(dir)) return '(no logs)';
-  return ['shard-0.out', 'shard-1.out', 'shard-2.out', 'merge.out'].map((f) => (existsSync(join(dir, f)) ? `${f}:\n${readFileSync(join(dir, f), 'utf8')}` : '')).join('\n');
+  return readdirSync(dir).map((f) => `${f}:\n${readFileSync(join(dir, f), 'utf8')}`).join('\n');
 }

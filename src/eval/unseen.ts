@@ -5,17 +5,13 @@
  * (seen) and of the others (unseen; A is never seen). A custom split (`seen`: one training on
  * these classes, e.g. digits 0-4) runs the same way.
  *
- * Resumable: experiment.json records the splits and what is done; a training interrupted midway
- * continues from its latest checkpoint, a finished one is not repeated, an evaluation already
- * written is read back.
+ * Resumable, and runnable as a job array (one training per task, then the report): see trainings.ts.
  */
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { Rng, seedFrom } from '../util/rng.js';
-import { writeFileAtomic } from '../util/atomicWrite.js';
 import { barChartPng } from './figures.js';
 import type { LocalizationReport, PerImage } from './localizationCommand.js';
 import { markdownTable, provenance, writeReport, type Provenance } from './report.js';
+import { runTrainings, type Planned } from './trainings.js';
 
 export const SPLIT_SHARES: [string, number][] = [
   ['A', 0.05],
@@ -57,11 +53,17 @@ export function trainingClasses(splits: Record<string, number[]>, training: stri
   return names.slice(lo, hi + 1).flatMap((n) => splits[n]!).sort((a, b) => a - b);
 }
 
-export interface Training {
-  name: string;
+export interface Training extends Planned<UnseenResult> {
   classes: number[];
-  trained: boolean;
-  result: { leSeen: number | null; leUnseen: number | null; leNever: number | null; seen: number; unseen: number; never: number } | null;
+}
+
+export interface UnseenResult {
+  leSeen: number | null;
+  leUnseen: number | null;
+  leNever: number | null;
+  seen: number;
+  unseen: number;
+  never: number;
 }
 
 interface State {
@@ -82,6 +84,9 @@ export interface UnseenOptions {
   /** The protocol's trainings to run (default all of TRAININGS), or a custom seen set. */
   trainings: string[];
   seen?: number[];
+  /** Run only this training (a job array's task), or (`merge`) train nothing and report. */
+  task?: number;
+  merge?: boolean;
   /** Trains (or continues) a CASM run on these classes into runDir. */
   train(name: string, classes: number[], runDir: string): Promise<void>;
   /** Evaluates a run's masker on the validation images (CASM only), writing into outDir. */
@@ -117,52 +122,44 @@ function sameExperiment(a: State, b: State): boolean {
   return key(a) === key(b);
 }
 
-export async function runUnseen(o: UnseenOptions): Promise<State> {
-  mkdirSync(o.out, { recursive: true });
-  const statePath = join(o.out, 'experiment.json');
-  let state = plan(o);
-  if (existsSync(statePath)) {
-    const saved = JSON.parse(readFileSync(statePath, 'utf8')) as State;
-    if (!sameExperiment(saved, state)) throw new Error(`${statePath}: holds an experiment with other classes or trainings; pick another --out`);
-    state = saved;
-    o.log(`unseen: resuming ${statePath}: ${state.trainings.filter((t) => t.result).length} of ${state.trainings.length} trainings done`);
-  }
-  const save = () => writeFileAtomic(statePath, JSON.stringify(state, null, 2) + '\n');
-  save();
+/** The report once every training is done (null after a task that leaves others to do). */
+export async function runUnseen(o: UnseenOptions): Promise<State | null> {
+  const state = plan(o);
   o.log(`unseen: ${o.numClasses} classes; ${Object.entries(state.splits).map(([k, v]) => `${k} ${v.length}`).join(', ')}; trainings ${state.trainings.map((t) => t.name).join(', ')}`);
-  for (const t of state.trainings) {
-    const runDir = join(o.out, `train-${t.name}`);
-    if (!t.trained) {
-      o.log(`unseen: training ${t.name} on ${t.classes.length} classes -> ${runDir}`);
-      await o.train(t.name, t.classes, runDir);
-      t.trained = true;
-      save();
-    }
-    if (!t.result) {
-      const { perImage } = await o.evaluate(runDir, join(o.out, `eval-${t.name}`));
+  const never = new Set(state.never);
+  const trainings = await runTrainings<Training, UnseenResult, State>({
+    out: o.out,
+    plan: state,
+    samePlan: (saved) => sameExperiment(saved, state),
+    ...(o.task !== undefined ? { task: o.task } : {}),
+    ...(o.merge ? { merge: true } : {}),
+    train: (t, runDir) => o.train(t.name, t.classes, runDir),
+    async evaluate(t, runDir, evalDir) {
+      const { perImage } = await o.evaluate(runDir, evalDir);
       const seen = new Set(t.classes);
-      const never = new Set(state.never);
       const le = (keep: (label: number) => boolean) => {
         const idx = perImage.labels.map((l, i) => (keep(l) ? i : -1)).filter((i) => i >= 0);
         return { n: idx.length, le: idx.length === 0 ? null : 1 - idx.filter((i) => perImage.hits['casm']![i]).length / idx.length };
       };
       const [s, u, n] = [le((l) => seen.has(l)), le((l) => !seen.has(l)), le((l) => never.has(l))];
-      t.result = { leSeen: s.le, leUnseen: u.le, leNever: n.le, seen: s.n, unseen: u.n, never: n.n };
-      save();
       o.log(`unseen: ${t.name}: LE seen ${fmt(s.le)} (${s.n} images), unseen ${fmt(u.le)} (${u.n}), never seen ${fmt(n.le)} (${n.n})`);
-    }
-  }
+      return { leSeen: s.le, leUnseen: u.le, leNever: n.le, seen: s.n, unseen: u.n, never: n.n };
+    },
+    log: (line) => o.log(`unseen: ${line}`),
+  });
+  if (trainings === null) return null;
+  const done = { ...state, trainings };
   const chart = await barChartPng({
     title: 'CASM localisation error on seen and unseen classes',
     yLabel: 'LE (lower is better)',
-    categories: state.trainings.map((t) => t.name),
+    categories: trainings.map((t) => t.name),
     series: [
-      { name: 'seen classes', values: state.trainings.map((t) => t.result!.leSeen) },
-      { name: 'unseen classes', values: state.trainings.map((t) => t.result!.leUnseen) },
+      { name: 'seen classes', values: trainings.map((t) => t.result.leSeen) },
+      { name: 'unseen classes', values: trainings.map((t) => t.result.leUnseen) },
     ],
     yMax: 1,
   });
-  const table = unseenTable(state);
+  const table = unseenTable(done);
   const md = [
     '# Localisation on classes unseen in training (spec section 4)',
     '',
@@ -176,9 +173,9 @@ export async function runUnseen(o: UnseenOptions): Promise<State> {
     '![LE seen vs unseen](unseen.png)',
     '',
   ].join('\n');
-  writeReport(o.out, state, md, { 'unseen.png': chart });
+  writeReport(o.out, done, md, { 'unseen.png': chart });
   o.log(table.trimEnd());
-  return state;
+  return done;
 }
 
 const fmt = (v: number | null) => (v === null ? 'n/a' : v.toFixed(3));

@@ -33,3 +33,9 @@ export async function trainTinyRun(outDir: string, o: TinyRun = {}): Promise<voi
   });
   trainer.dispose();
 }
+
+/** `casm experiment sweep` of two tiny trainings (thinning F and L100) on the built-in digits: 3 steps each, 16 held-out images per evaluation. */
+export const tinySweep = (out: string, ...more: string[]) => [
+  'experiment', 'sweep', '--thinnings', 'F,L100', '--scores', 'entropy', '--out', out, '--depths', '1,1,1,1', '--width', '4', '--decoder-width', '8',
+  '--batch-size', '8', '--train-count', '64', '--warmup-steps', '2', '--max-steps', '3', '--eval-limit', '16', '--log-every', '100', ...more,
+];
