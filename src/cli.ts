@@ -404,7 +404,9 @@ function resumedOptions(o: TrainOptions, cmd: Command, log: (line: string) => vo
       );
     }
   }
-  return { ...(saved as TrainOptions), ...runtime };
+  // An option the run predates is not in its record: it takes its default, which for every option
+  // added since is the behaviour the run was trained with (--decoder-stride 4, say).
+  return { ...o, ...(saved as TrainOptions), ...runtime };
 }
 
 /** Checks every command shares: this job's share of the shards, and an output folder that can be one. */

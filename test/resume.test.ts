@@ -4,7 +4,7 @@
  * other option given differently is refused naming it.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -79,4 +79,18 @@ test('TensorBoard after a resume: one point per step, the interrupted run’s la
   const read = JSON.parse(runPython('read_events.py', [join(dir, 'tb')])) as { scalars: Record<string, [number, number][]> };
   const steps = read.scalars['classifier/loss']!.map(([s]) => s);
   assert.deepEqual(steps, Array.from({ length: 12 }, (_, i) => i + 1));
+});
+
+test('a run recorded before an option existed resumes with its default (--decoder-stride, added later: 4)', async () => {
+  const dir = join(root, 'before-stride');
+  cpSync(join(root, 'half'), dir, { recursive: true });
+  const ckpt = resolveCheckpoint(dir);
+  const path = join(ckpt, 'state.json');
+  const state = JSON.parse(readFileSync(path, 'utf8')) as { config: { masker: Record<string, unknown> }; run: { options: Record<string, unknown> } };
+  delete state.config.masker['stride'];
+  delete state.run.options['decoderStride'];
+  writeFileSync(path, JSON.stringify(state));
+  const r = await casm('train', '--resume', dir);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /resumed from .*before-stride\/ckpt-00000052 at step 52/);
 });

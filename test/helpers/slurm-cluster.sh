@@ -33,7 +33,8 @@ chmod 400 "$dir/munge/munge.key"
 munged --force --socket="$dir/munge/munge.sock" --key-file="$dir/munge/munge.key" --pid-file="$dir/munge/munged.pid" \
   --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed"
 
-# Ports of its own, so that a cluster already running here is not disturbed.
+# Ports of its own, so that a cluster already running here is not disturbed. task/affinity binds
+# each job to the CPUs it asked for (--cpus-per-task), as on a real cluster.
 port=$((20000 + RANDOM % 20000))
 node=$(hostname -s)
 cat >"$conf" <<EOF
@@ -53,7 +54,7 @@ SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin=task/affinity
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
