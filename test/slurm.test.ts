@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { LocalizationReport } from '../src/eval/localizationCommand.js';
@@ -70,7 +70,8 @@ test('Slurm: a sweep as a job array, one training per task, then its report: the
   const single = cli(tinySweep(whole));
   assert.equal(single.status, 0, single.stderr);
   const out = join(root, 'sweep-array');
-  const r = run('bash', [join(repo, 'scripts', 'slurm', 'experiment.sh'), '--tasks', '2', '--cpus', '1', '--wait', '--', ...tinySweep(out).slice(1), '--backend', backend], env);
+  // Each task on as many CPUs as the single process: training sums in an order that depends on the thread count.
+  const r = run('bash', [join(repo, 'scripts', 'slurm', 'experiment.sh'), '--tasks', '2', '--cpus', String(availableParallelism()), '--wait', '--', ...tinySweep(out).slice(1), '--backend', backend], env);
   assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}\n${logs(out)}`);
   for (const name of ['F-entropy', 'L100-entropy']) assert.match(readFileSync(join(out, 'logs', `experiment-task-${name === 'F-entropy' ? 0 : 1}.out`), 'utf8'), new RegExp(`training ${name} ->`));
   assert.doesNotMatch(readFileSync(join(out, 'logs', 'experiment-merge.out'), 'utf8'), /training \S+ ->/, 'the report job trains nothing');
