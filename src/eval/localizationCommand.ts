@@ -20,7 +20,7 @@ import { barChartPng, exampleGridPng, type ExampleRow } from './figures.js';
 import { LocalizationTally, scoreMask, type Binarization, type MaskScore, type MethodResult } from './localization.js';
 import { readShares, SHARE_FILE, writeShare } from './shares.js';
 import { buildMethods, EvalUsageError, loadModels, type EvalMethod, type MaskMethod, type Models } from './methods.js';
-import { markdownTable, provenance, writeReport, type Provenance } from './report.js';
+import { markdownTable, provenance, provenanceLines, writeReport, type Provenance } from './report.js';
 
 /**
  * The class a gradient method explains: the label, the classifier's top-1, or (`auto`) the label
@@ -425,8 +425,7 @@ function localizationMarkdown(r: LocalizationReport): string {
   return [
     `# Localisation (spec section 4)`,
     '',
-    `- command: \`${r.provenance.command}\``,
-    `- casm-ts ${r.provenance.projectVersion}, tfjs ${r.provenance.tfjsVersion} (${r.provenance.backend}), ${r.provenance.date}`,
+    ...provenanceLines(r.provenance),
     r.checkpoint ? `- checkpoint: ${r.checkpoint.dir} (step ${r.checkpoint.step}, thinning ${r.checkpoint.thinning}, score ${r.checkpoint.score})` : '- checkpoint: none',
     r.model ? `- exported mask network: ${r.model}` : '',
     `- data: ${r.data.describe}${r.data.boxes ? `; boxes ${r.data.boxes}` : ''}`,

@@ -27,6 +27,12 @@ export function provenance(argv: string[], engine?: Pick<Provenance, 'projectVer
   };
 }
 
+/** The engine of a provenance: casm-ts and tfjs versions and the backend (shares of one merge must agree on it). */
+export const engineText = (p: Provenance) => `casm-ts ${p.projectVersion}, tfjs ${p.tfjsVersion} (${p.backend})`;
+
+/** The first lines of every report.md: the command, and the engine and date. */
+export const provenanceLines = (p: Provenance): string[] => [`- command: \`${p.command}\``, `- ${engineText(p)}, ${p.date}`];
+
 /** A Markdown table; numbers with `digits` decimals (pass counts as strings), null as "n/a". */
 export function markdownTable(header: string[], rows: (string | number | null)[][], digits = 3): string {
   const cell = (v: string | number | null) => (v === null ? 'n/a' : typeof v === 'number' ? v.toFixed(digits) : v);

@@ -11,6 +11,7 @@ import { encodeSafetensors, parseSafetensors } from '../io/safetensors.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
 import type { LocalizationShare } from './localizationCommand.js';
 import { EvalUsageError } from './methods.js';
+import { engineText } from './report.js';
 
 export const SHARE_FILE = 'share.json';
 const EXAMPLES_FILE = 'examples.safetensors';
@@ -92,9 +93,8 @@ export function readShares(dirs: string[]): LocalizationShare[] {
       const [a, b] = [JSON.stringify(first.setup[key]), JSON.stringify(s.setup[key])];
       if (a !== b) throw new EvalUsageError(`${dirs[0]} and ${dirs[i]} are not shards of one evaluation: their ${key} differs (${clip(a)} against ${clip(b)})`);
     }
-    const engine = (p: LocalizationShare['provenance']) => `casm-ts ${p.projectVersion}, tfjs ${p.tfjsVersion} (${p.backend})`;
-    if (engine(s.provenance) !== engine(first.provenance)) {
-      throw new EvalUsageError(`${dirs[0]} and ${dirs[i]} were scored by different engines (${engine(first.provenance)} against ${engine(s.provenance)}): their figures would not be one run's`);
+    if (engineText(s.provenance) !== engineText(first.provenance)) {
+      throw new EvalUsageError(`${dirs[0]} and ${dirs[i]} were scored by different engines (${engineText(first.provenance)} against ${engineText(s.provenance)}): their figures would not be one run's`);
     }
     // Where and what, not the decoder's words: libvips words one corrupt JPEG differently from run to run.
     const seen = (p: LocalizationShare['problems']) => JSON.stringify([p.count, p.byKind, p.first.map((l) => l.split(': ').slice(0, 2).join(': '))]);

@@ -8,7 +8,7 @@ import type { Score } from '../casm/score.js';
 import type { Thinning } from '../casm/pool.js';
 import { barChartPng } from './figures.js';
 import type { LocalizationReport } from './localizationCommand.js';
-import { markdownTable, provenance, writeReport, type Provenance } from './report.js';
+import { markdownTable, provenance, provenanceLines, writeReport, type Provenance } from './report.js';
 import { runTrainings, type Planned } from './trainings.js';
 
 export interface SweepPoint {
@@ -96,8 +96,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepState | null> {
   const md = [
     '# CASM sweep: thinning x score',
     '',
-    `- command: \`${state.provenance.command}\``,
-    `- casm-ts ${state.provenance.projectVersion}, tfjs ${state.provenance.tfjsVersion} (${state.provenance.backend}), ${state.provenance.date}`,
+    ...provenanceLines(state.provenance),
     `- ${trainings[0]!.result.images} validation images per training (eval-<training>/report.md has every figure)`,
     '',
     table,

@@ -10,7 +10,7 @@
 import { Rng, seedFrom } from '../util/rng.js';
 import { barChartPng } from './figures.js';
 import type { LocalizationReport, PerImage } from './localizationCommand.js';
-import { markdownTable, provenance, writeReport, type Provenance } from './report.js';
+import { markdownTable, provenance, provenanceLines, writeReport, type Provenance } from './report.js';
 import { runTrainings, type Planned } from './trainings.js';
 
 export const SPLIT_SHARES: [string, number][] = [
@@ -163,8 +163,7 @@ export async function runUnseen(o: UnseenOptions): Promise<State | null> {
   const md = [
     '# Localisation on classes unseen in training (spec section 4)',
     '',
-    `- command: \`${state.provenance.command}\``,
-    `- casm-ts ${state.provenance.projectVersion}, tfjs ${state.provenance.tfjsVersion} (${state.provenance.backend}), ${state.provenance.date}`,
+    ...provenanceLines(state.provenance),
     `- ${state.numClasses} classes, seed ${state.seed}; sets: ${Object.entries(state.splits).map(([k, v]) => `${k} = {${v.join(',')}}`).join('; ')}`,
     '',
     table,
