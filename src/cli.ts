@@ -29,9 +29,10 @@ import { maskCommand, MaskUsageError } from './export/maskCommand.js';
 import { expandInputs, ImageInputError } from './explain/images.js';
 import { DIGITS_EVAL_COUNT, type EvalDataOptions } from './eval/evalData.js';
 import { BINARIZATIONS, type Binarization } from './eval/localization.js';
-import { evalClassifiers } from './eval/classifiersCommand.js';
+import { evalClassifiers, evalClassifiersShard, mergeClassifiers, type ClassifiersOptions } from './eval/classifiersCommand.js';
 import { DEFAULT_RADIUS } from './eval/inpaint.js';
 import { evalLocalization, evalLocalizationShard, mergeLocalization, TARGETS, type LocalizationOptions, type Target } from './eval/localizationCommand.js';
+import { shareKind, type Shard } from './eval/shares.js';
 import { runSweep } from './eval/sweep.js';
 import { runUnseen, TRAININGS } from './eval/unseen.js';
 import { DEFAULT_METHODS, EVAL_METHODS, EvalUsageError, parseEvalMethods, type EvalMethod } from './eval/methods.js';
@@ -592,7 +593,7 @@ export function buildProgram(argv: string[] = []): Command {
       await usage(() => maskCommand({ ...rest, inputs: images, ...(data !== undefined ? { data: { spec: data, shardIndex, numShards, workers } } : {}), log }));
     });
   const evaluate = program.command('eval').description('evaluate masks: localisation (spec section 4)');
-  withEvalDataOptions(evaluate.command('localization'))
+  withShardOptions(withEvalDataOptions(evaluate.command('localization')))
     .description('LE, OM, F1, F1a and mask statistics of CASM and the baselines on validation images with boxes; report.json, report.md, le.png, examples.png')
     .option('--checkpoint <dir>', "a training run or checkpoint: its classifier (gradient methods, OM) and masker ('casm')")
     .option('--model <dir>', "an exported mask network ('casm export'): used for 'casm'")
@@ -621,12 +622,8 @@ export function buildProgram(argv: string[] = []): Command {
     .option('--spread <s>', 'SmoothGrad noise level: sigma = spread * (max(x) - min(x))', num(0), SMOOTHGRAD_DEFAULTS.spread)
     .option('--magnitude', 'SmoothGrad: average squared gradients', false)
     .option('--examples <n>', 'rows of examples.png', int(0), 8)
-    .option('--shard-index <i>', "with --num-shards: this job's share of the batches (0-based)", int(0))
-    .option('--num-shards <n>', "score 1/n of the batches and write them to --out for 'casm eval merge' (every job reads all images)", int(1))
-    .requiredOption('--out <dir>', 'directory for report.json, report.md and the figures (with --num-shards: for the share)')
-    .action(async (o: EvalCliOptions & { checkpoint?: string; model?: string; compare: string[]; seen?: string; target: Target; methods: EvalMethod[]; binarize: Binarization; alpha: number; layer?: string; samples: number; spread: number; magnitude: boolean; examples: number; shardIndex?: number; numShards?: number; out: string }) => {
-      if ((o.shardIndex === undefined) !== (o.numShards === undefined)) throw new UsageError('--shard-index and --num-shards go together');
-      if (o.numShards !== undefined && o.shardIndex! >= o.numShards) throw new UsageError(`--shard-index ${o.shardIndex}: must be below --num-shards ${o.numShards}`);
+    .action(async (o: EvalCliOptions & ShardCliOptions & { checkpoint?: string; model?: string; compare: string[]; seen?: string; target: Target; methods: EvalMethod[]; binarize: Binarization; alpha: number; layer?: string; samples: number; spread: number; magnitude: boolean; examples: number; out: string }) => {
+      const shard = shardOf(o);
       requirePaths({ '--checkpoint': o.checkpoint, '--model': o.model });
       for (const run of o.compare) requirePaths({ '--compare': run });
       let seen: number[] | undefined;
@@ -653,19 +650,22 @@ export function buildProgram(argv: string[] = []): Command {
         argv,
         log,
       };
-      if (o.numShards === undefined) await usage(() => evalLocalization(options));
-      else await usage(() => evalLocalizationShard(options, { index: o.shardIndex!, count: o.numShards! }));
+      if (shard === null) await usage(() => evalLocalization(options));
+      else await usage(() => evalLocalizationShard(options, shard));
     });
   evaluate
     .command('merge')
-    .description("the report of the shards of one 'eval localization --num-shards n' (their --out directories), exactly as one job would write it")
+    .description("the report of the shards of one 'eval localization|classifiers --num-shards n' (their --out directories), exactly as one job would write it")
     .argument('<shards...>', "the shards' directories, each holding share.json")
     .requiredOption('--out <dir>', 'directory for report.json, report.md and the figures')
     .action(async (dirs: string[], o: { out: string }) => {
       const log = (line: string) => console.log(line);
-      await usage(() => mergeLocalization(dirs, o.out, argv, log));
+      await usage(async () => {
+        if (shareKind(dirs[0]!) === 'localization') await mergeLocalization(dirs, o.out, argv, log);
+        else await mergeClassifiers(dirs, o.out, argv, log);
+      });
     });
-  withEvalDataOptions(evaluate.command('classifiers'))
+  withShardOptions(withEvalDataOptions(evaluate.command('classifiers')))
     .description("top-1/top-5 of classifiers on clean, masked-in, masked-out and inpainted (Telea) images, masks by a run's masker; report.json, report.md, top1.png, examples.png")
     .requiredOption('--checkpoint <dir>', 'the CASM run whose masker makes the masks (its own classifier is scored first)')
     .option('--model <dir>', "an exported mask network ('casm export') to use instead of the checkpoint's masker")
@@ -674,26 +674,26 @@ export function buildProgram(argv: string[] = []): Command {
     .option('--alpha <a>', 'threshold factor of the mean rule', num(0), 1)
     .option('--radius <px>', "Telea inpainting radius (the reference code's 3)", num(1, 100), DEFAULT_RADIUS)
     .option('--examples <n>', 'rows of examples.png', int(0), 8)
-    .requiredOption('--out <dir>', 'directory for report.json, report.md and the figures')
-    .action(async (o: EvalCliOptions & { checkpoint: string; model?: string; classifiers: string[]; binarize: Binarization; alpha: number; radius: number; examples: number; out: string }) => {
+    .action(async (o: EvalCliOptions & ShardCliOptions & { checkpoint: string; model?: string; classifiers: string[]; binarize: Binarization; alpha: number; radius: number; examples: number; out: string }) => {
+      const shard = shardOf(o);
       requirePaths({ '--checkpoint': o.checkpoint, '--model': o.model });
       const log = (line: string) => console.log(line);
       await initEngine(o.backend, log);
-      await usage(() =>
-        evalClassifiers({
-          checkpoint: o.checkpoint,
-          ...(o.model ? { model: o.model } : {}),
-          classifiers: o.classifiers,
-          data: evalDataOptions(o),
-          binarization: o.binarize,
-          alpha: o.alpha,
-          radius: o.radius,
-          examples: o.examples,
-          out: o.out,
-          argv,
-          log,
-        }),
-      );
+      const options: ClassifiersOptions = {
+        checkpoint: o.checkpoint,
+        ...(o.model ? { model: o.model } : {}),
+        classifiers: o.classifiers,
+        data: evalDataOptions(o),
+        binarization: o.binarize,
+        alpha: o.alpha,
+        radius: o.radius,
+        examples: o.examples,
+        out: o.out,
+        argv,
+        log,
+      };
+      if (shard === null) await usage(() => evalClassifiers(options));
+      else await usage(() => evalClassifiersShard(options, shard));
     });
   const experiment = program.command('experiment').description('experiments of the paper (spec section 4)');
   withExperimentOptions(withTrainOptions(experiment.command('unseen')))
@@ -831,6 +831,26 @@ function withEvalDataOptions(cmd: Command): Command {
     .option('--workers <n>', 'decode worker threads (shards)', int(0), Math.max(1, Math.min(4, availableParallelism())))
     .option('--seed <n>', "the training run's seed (its held-out digits) and the SmoothGrad noise seed", int(0), 0)
     .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'));
+}
+
+interface ShardCliOptions {
+  shardIndex?: number;
+  numShards?: number;
+}
+
+/** --out, and --shard-index/--num-shards of an evaluation that jobs can split (`casm eval merge` joins their shares). */
+function withShardOptions(cmd: Command): Command {
+  return cmd
+    .option('--shard-index <i>', "with --num-shards: this job's share of the batches (0-based)", int(0))
+    .option('--num-shards <n>', "score 1/n of the batches and write them to --out for 'casm eval merge' (every job reads all images)", int(1))
+    .requiredOption('--out <dir>', 'directory for report.json, report.md and the figures (with --num-shards: for the share)');
+}
+
+function shardOf(o: ShardCliOptions): Shard | null {
+  if ((o.shardIndex === undefined) !== (o.numShards === undefined)) throw new UsageError('--shard-index and --num-shards go together');
+  if (o.numShards === undefined) return null;
+  if (o.shardIndex! >= o.numShards) throw new UsageError(`--shard-index ${o.shardIndex}: must be below --num-shards ${o.numShards}`);
+  return { index: o.shardIndex!, count: o.numShards };
 }
 
 function evalDataOptions(o: EvalCliOptions): Omit<EvalDataOptions, 'size' | 'onProblem'> {

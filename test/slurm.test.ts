@@ -1,8 +1,8 @@
 /**
  * On a real Slurm: a single-node cluster (Debian's slurmctld, slurmd and munge, started as root by
  * test/helpers/slurm-cluster.sh under a temp directory, stopped and removed at the end) runs
- * scripts/slurm/eval-localization.sh: an array of shard jobs of `casm eval localization` and a
- * merge job after them (afterok), and scripts/slurm/experiment.sh: an array of tiny trainings of
+ * scripts/slurm/eval.sh: an array of shard jobs of `casm eval localization` (and of `casm eval
+ * classifiers`) and a merge job after them (afterok), and scripts/slurm/experiment.sh: an array of tiny trainings of
  * `casm experiment sweep` and the report after them. The merged report must be the one-process
  * report, the sweep's figures those of one process; a failing shard must cancel the merge and
  * make the script fail.
@@ -14,6 +14,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { ClassifiersReport } from '../src/eval/classifiersCommand.js';
 import type { LocalizationReport } from '../src/eval/localizationCommand.js';
 import { useTestBackend } from './helpers/backend.js';
 import { readJson, sameReport } from './helpers/reports.js';
@@ -34,7 +35,7 @@ const env = { ...process.env, SLURM_CONF: started.stdout.trim() };
 const runDir = join(root, 'run');
 await trainTinyRun(runDir);
 
-test('Slurm: an array of 3 shard jobs and a merge job after them give the one-process report', () => {
+test('Slurm: an array of 3 shard jobs and a merge job after them give the one-process report (localization; classifiers in 2 jobs)', () => {
   assert.equal(started.status, 0, `the local cluster did not start: ${started.stderr}`);
   const evalArgs = ['--checkpoint', runDir, '--methods', 'casm,smoothgrad,full,centre', '--samples', '2', '--limit', '20', '--batch-size', '4', '--examples', '4', '--workers', '1', '--backend', backend];
   const whole = join(root, 'whole');
@@ -42,7 +43,7 @@ test('Slurm: an array of 3 shard jobs and a merge job after them give the one-pr
   assert.equal(single.status, 0, single.stderr);
 
   const out = join(root, 'sharded');
-  const r = run('bash', [join(repo, 'scripts', 'slurm', 'eval-localization.sh'), '--shards', '3', '--out', out, '--wait', '--', ...evalArgs], env);
+  const r = run('bash', [join(repo, 'scripts', 'slurm', 'eval.sh'), 'localization', '--shards', '3', '--out', out, '--wait', '--', ...evalArgs], env);
   assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}\n${logs(out)}`);
   assert.match(r.stdout, /array: job \d+ \(tasks 0-2, /);
   for (let i = 0; i < 3; i++) assert.ok(existsSync(join(out, `shard-${i}`, 'share.json')), `shard ${i} wrote its share`);
@@ -51,12 +52,22 @@ test('Slurm: an array of 3 shard jobs and a merge job after them give the one-pr
   assert.equal(merged.shards, 3);
   assert.equal(merged.images.scored, 20);
   assert.match(merged.provenance.command, /^casm eval merge .*shard-0 .*shard-1 .*shard-2 --out /);
+
+  const clsArgs = ['--checkpoint', runDir, '--limit', '12', '--batch-size', '4', '--examples', '3', '--workers', '1', '--backend', backend];
+  const clsWhole = join(root, 'cls-whole');
+  const clsSingle = run('node', [join(repo, 'dist', 'src', 'cli.js'), 'eval', 'classifiers', ...clsArgs, '--out', clsWhole]);
+  assert.equal(clsSingle.status, 0, clsSingle.stderr);
+  const clsOut = join(root, 'cls-sharded');
+  const c = run('bash', [join(repo, 'scripts', 'slurm', 'eval.sh'), 'classifiers', '--shards', '2', '--out', clsOut, '--wait', '--', ...clsArgs], env);
+  assert.equal(c.status, 0, `${c.stdout}\n${c.stderr}\n${logs(clsOut)}`);
+  assert.deepEqual(sameReport(clsOut, clsWhole, ['examples.png', 'top1.png']), { figures: true, markdown: true, pngs: [] });
+  assert.equal(readJson<ClassifiersReport>(join(clsOut, 'report.json')).shards, 2);
 });
 
 test('Slurm: a shard that fails cancels the merge, and the script says so with a non-zero exit', () => {
   assert.equal(started.status, 0, `the local cluster did not start: ${started.stderr}`);
   const out = join(root, 'failing');
-  const r = run('bash', [join(repo, 'scripts', 'slurm', 'eval-localization.sh'), '--shards', '2', '--out', out, '--wait', '--', '--checkpoint', join(root, 'no-such-run'), '--limit', '8'], env);
+  const r = run('bash', [join(repo, 'scripts', 'slurm', 'eval.sh'), 'localization', '--shards', '2', '--out', out, '--wait', '--', '--checkpoint', join(root, 'no-such-run'), '--limit', '8'], env);
   assert.notEqual(r.status, 0, r.stdout);
   assert.match(r.stdout, /then: job \d+ \(failed: exit \d+, job CANCELLED, see /);
   assert.match(readFileSync(join(out, 'logs', 'eval-shard-0.out'), 'utf8'), /no-such-run/);

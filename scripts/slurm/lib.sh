@@ -1,4 +1,4 @@
-# Sourced by eval-localization.sh and experiment.sh: their common options, and the pattern both
+# Sourced by eval.sh and experiment.sh: their common options, and the pattern both
 # submit: a job array, then one job that runs once every task succeeded (afterok).
 
 # parse_options <count option> <default cpus> "$@": sets count, gpus, cpus, wait, extra, and

@@ -15,7 +15,6 @@
  * on the same data with the same settings.
  */
 import * as tf from '@tensorflow/tfjs';
-import { createHash } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { architectureKey, type TrainConfig } from '../casm/config.js';
@@ -26,6 +25,7 @@ import { DEFAULT_MASKER } from '../models/masker.js';
 import { readSafetensors, writeSafetensors, type TensorToWrite as TensorEntry } from '../io/safetensors.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
 import { PROJECT_VERSION } from '../version.js';
+import { sha256File } from '../util/sha256.js';
 
 export const CHECKPOINT_FORMAT = 'casm-ts-checkpoint';
 export const CHECKPOINT_VERSION = 1;
@@ -54,8 +54,6 @@ export interface RunRecord {
 
 /** A checkpoint that cannot be used; the message names the file and the problem. */
 export class CheckpointError extends Error {}
-
-const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
 function modelEntries(models: tf.LayersModel[]): TensorEntry[] {
   return models.flatMap((m, k) =>
@@ -120,7 +118,7 @@ async function writeCheckpointFiles(dir: string, trainer: CasmTrainer, run: RunR
   const files: Record<string, string> = {};
   for (const [file, entries] of Object.entries(groups)) {
     writeSafetensors(join(dir, file), entries);
-    files[file] = sha256(join(dir, file));
+    files[file] = sha256File(join(dir, file));
   }
   const state: CheckpointState = {
     format: CHECKPOINT_FORMAT,
@@ -200,7 +198,7 @@ export function readCheckpointState(dir: string, { verifyFiles = true } = {}): C
   for (const [file, hash] of verifyFiles ? Object.entries(state.files) : []) {
     const p = join(dir, file);
     if (!existsSync(p)) throw new CheckpointError(`${p}: missing from the checkpoint`);
-    if (sha256(p) !== hash) throw new CheckpointError(`${p}: corrupt (sha256 differs from state.json)`);
+    if (sha256File(p) !== hash) throw new CheckpointError(`${p}: corrupt (sha256 differs from state.json)`);
   }
   return state;
 }

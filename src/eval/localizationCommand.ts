@@ -18,7 +18,7 @@ import { Progress } from '../log/progress.js';
 import { openEvalData, type EvalDataOptions } from './evalData.js';
 import { barChartPng, exampleGridPng, type ExampleRow } from './figures.js';
 import { LocalizationTally, scoreMask, type Binarization, type MaskScore, type MethodResult } from './localization.js';
-import { readShares, SHARE_FILE, writeShare } from './shares.js';
+import { checkShard, firstExamples, problemsRecord, readShares, SHARE_FILE, writeShare, type ExampleCodec, type ShareCommon, type Shard } from './shares.js';
 import { buildMethods, EvalUsageError, loadModels, type EvalMethod, type MaskMethod, type Models } from './methods.js';
 import { markdownTable, provenance, provenanceLines, writeReport, type Provenance } from './report.js';
 
@@ -160,29 +160,27 @@ export interface LocalizationSetup {
   examples: number;
 }
 
-/** The share of an evaluation that one job scores: the batches b with b % count === index. */
-export interface Shard {
-  index: number;
-  count: number;
-}
-
 /**
  * The scores of one share of the validation images, everything a report needs: an unsharded
  * evaluation builds its report from its one share, `casm eval merge` from all of them, by the same
  * code and in the same image order, so the figures are the same to the last bit.
  */
-export interface LocalizationShare {
-  shard: Shard;
-  setup: LocalizationSetup;
-  provenance: Provenance;
-  /** Images read (every share reads them all, to cut the same batches; it scores only its own). */
-  read: number;
-  problems: LocalizationReport['problems'];
+export interface LocalizationShare extends ShareCommon<LocalizationSetup, ExampleRow> {
   records: ScoredImage[];
-  /** Candidate rows of examples.png in this share, with their image index. */
-  examples: (ExampleRow & { index: number })[];
-  seconds: number;
 }
+
+/** An example row in a share: the picture and each method's mask as arrays, the rest as JSON. */
+const exampleCodec: ExampleCodec<ExampleRow> = {
+  pixels: (e) => [
+    { name: 'image', shape: [e.height, e.width, 3], data: Float32Array.from(e.image) },
+    ...e.cells.map((c, j) => ({ name: `mask/${j}`, shape: [e.height, e.width], data: c.mask.slice() })),
+  ],
+  meta: ({ image: _, cells, ...meta }) => ({ ...meta, boxes: cells.map((c) => c.box) }),
+  restore: (meta, values) => {
+    const { boxes, ...row } = meta as Omit<ExampleRow, 'image' | 'cells'> & { boxes: ExampleRow['cells'][number]['box'][] };
+    return { ...row, image: Uint8Array.from(values('image')), cells: boxes.map((box, j) => ({ mask: values(`mask/${j}`), box })) };
+  },
+};
 
 export async function evalLocalization(o: LocalizationOptions): Promise<{ report: LocalizationReport; perImage: PerImage }> {
   const share = await scoreLocalization(o, { index: 0, count: 1 });
@@ -194,7 +192,7 @@ export async function evalLocalization(o: LocalizationOptions): Promise<{ report
 /** One job of a sharded evaluation: scores its share of the batches and writes it to `o.out` for `casm eval merge`. */
 export async function evalLocalizationShard(o: LocalizationOptions, shard: Shard): Promise<LocalizationShare> {
   const share = await scoreLocalization(o, shard);
-  writeShare(o.out, share);
+  writeShare(o.out, 'localization', share, exampleCodec);
   o.log(
     `eval localization: shard ${shard.index} of ${shard.count}: ${share.records.length} images scored in ${share.seconds.toFixed(1)} s -> ${o.out}/${SHARE_FILE}; ` +
       `'casm eval merge' of all ${shard.count} shards writes the report`,
@@ -205,9 +203,7 @@ export async function evalLocalizationShard(o: LocalizationOptions, shard: Shard
 /** Scores the images of one shard (`{ index: 0, count: 1 }`: all of them). */
 async function scoreLocalization(o: LocalizationOptions, shard: Shard): Promise<LocalizationShare> {
   const t0 = performance.now();
-  if (!Number.isInteger(shard.index) || !Number.isInteger(shard.count) || shard.index < 0 || shard.index >= shard.count) {
-    throw new EvalUsageError(`--shard-index ${shard.index} --num-shards ${shard.count}: the index must be 0..${shard.count - 1}`);
-  }
+  checkShard(shard);
   const models = await loadModels(o.checkpoint, o.model);
   let printed = 0;
   const data = await openEvalData({
@@ -277,13 +273,6 @@ async function scoreLocalization(o: LocalizationOptions, shard: Shard): Promise<
       if (++mine % 10 === 0) o.log(progress.line(mine, `${read} images read, ${records.length} scored`));
     }
     if (read === 0) throw new Error(`${o.data.spec}: the validation set is empty (no image could be read)`);
-    const problems = data.problems;
-    // Sorted: decode workers meet problems in no fixed order, and every share must list the same.
-    const first = (problems?.list ?? [])
-      .slice()
-      .sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.offset - b.offset || (a.kind < b.kind ? -1 : a.kind > b.kind ? 1 : 0)))
-      .slice(0, 20)
-      .map((p) => `${p.file}@${p.offset}: ${p.kind}: ${p.message}`);
     const checkpoint = models.checkpoint;
     return {
       shard,
@@ -310,8 +299,7 @@ async function scoreLocalization(o: LocalizationOptions, shard: Shard): Promise<
       },
       provenance: provenance(o.argv),
       read,
-      // Kinds in sorted order too: shares are compared as JSON.
-      problems: { count: problems?.count ?? 0, byKind: Object.fromEntries(Object.entries(problems?.byKind ?? {}).sort(([a], [b]) => (a < b ? -1 : 1))), first },
+      problems: problemsRecord(data.problems),
       records,
       examples,
       seconds: (performance.now() - t0) / 1000,
@@ -324,7 +312,7 @@ async function scoreLocalization(o: LocalizationOptions, shard: Shard): Promise<
 }
 
 /**
- * The report of the shares of one evaluation (checked to fit together, see merge.ts): the records
+ * The report of the shares of one evaluation (checked to fit together by readShares): the records
  * tallied in image order, the first `setup.examples` example candidates.
  */
 export function buildLocalizationReport(
@@ -370,17 +358,12 @@ export function buildLocalizationReport(
     shards: shares.length,
     seconds: shares.reduce((t, s) => t + s.seconds, 0),
   };
-  const examples = shares
-    .flatMap((s) => s.examples)
-    .sort((a, b) => a.index - b.index)
-    .slice(0, setup.examples)
-    .map(({ index: _, ...row }) => row);
-  return { report, perImage, examples };
+  return { report, perImage, examples: firstExamples(shares, setup.examples) };
 }
 
 /** `casm eval merge`: the report of the shards in `dirs`, the one an unsharded run writes. */
 export async function mergeLocalization(dirs: string[], out: string, argv: string[], log: (line: string) => void): Promise<LocalizationReport> {
-  const shares = readShares(dirs);
+  const shares = readShares<ExampleRow, LocalizationShare>(dirs, 'localization', exampleCodec);
   log(`eval merge: ${shares.length} shards, ${shares.reduce((n, s) => n + s.records.length, 0)} scored images of ${shares[0]!.read} read`);
   const { report, examples } = buildLocalizationReport(shares, provenance(argv, shares[0]!.provenance));
   await writeLocalizationReport(out, report, examples, log);

@@ -1,87 +1,146 @@
 /**
- * Sharded evaluation on disk: each job of `casm eval localization --shard-index i --num-shards n`
- * writes its share of the scores into its --out (share.json, and examples.safetensors with the
- * pixels of its example rows); `casm eval merge` reads the shares back and refuses any set that is
- * not every shard of one evaluation exactly once, naming the directories.
+ * Sharded evaluation on disk: each job of `casm eval localization|classifiers --shard-index i
+ * --num-shards n` scores the batches b with b mod n = i and writes its share into its --out
+ * (share.json, and examples.safetensors with the pixels of its example rows); `casm eval merge`
+ * reads the shares back and refuses any set that is not every shard of one evaluation exactly
+ * once, naming the directories. What a share holds besides the common fields is its command's.
  */
-import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Problems } from '../data/samples.js';
 import { encodeSafetensors, parseSafetensors } from '../io/safetensors.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
-import type { LocalizationShare } from './localizationCommand.js';
+import { sha256 } from '../util/sha256.js';
 import { EvalUsageError } from './methods.js';
-import { engineText } from './report.js';
+import { engineText, type Provenance } from './report.js';
 
 export const SHARE_FILE = 'share.json';
 const EXAMPLES_FILE = 'examples.safetensors';
 const SHARE_FORMAT = 'casm-ts-eval-share';
-const SHARE_VERSION = 1;
+const SHARE_VERSION = 2;
 
-type ExampleMeta = Omit<LocalizationShare['examples'][number], 'image' | 'cells'> & { boxes: LocalizationShare['examples'][number]['cells'][number]['box'][] };
-type ShareFile = Omit<LocalizationShare, 'examples'> & { format: string; version: number; kind: 'localization'; examplesSha256: string; examples: ExampleMeta[] };
+export const SHARE_KINDS = ['localization', 'classifiers'] as const;
+export type ShareKind = (typeof SHARE_KINDS)[number];
+
+/** The share of an evaluation that one job scores: the batches b with b % count === index. */
+export interface Shard {
+  index: number;
+  count: number;
+}
+
+/** Data problems as a report lists them: counts by kind and the first 20, sorted. */
+export interface ProblemsRecord {
+  count: number;
+  byKind: Record<string, number>;
+  first: string[];
+}
+
+/** What every share carries, whatever its command scores. */
+export interface ShareCommon<Setup extends object, Example extends object> {
+  shard: Shard;
+  /** What every share of one evaluation must have in common: a merge refuses shares that differ here. */
+  setup: Setup;
+  provenance: Provenance;
+  /** Images read (every share reads them all, to cut the same batches; it scores only its own). */
+  read: number;
+  problems: ProblemsRecord;
+  /** Candidate rows of examples.png in this share, each with its image index. */
+  examples: (Example & { index: number })[];
+  seconds: number;
+}
+
+/** How a command's example rows are stored: their pixel arrays in examples.safetensors, the rest in share.json. */
+export interface ExampleCodec<Example extends object> {
+  pixels(e: Example): { name: string; shape: number[]; data: Float32Array }[];
+  /** The row without its pixels. */
+  meta(e: Example): object;
+  /** The row back from its meta and its arrays by name. */
+  restore(meta: object, values: (name: string) => Float32Array): Example;
+}
+
+type ShareFile = { format: string; version: number; kind: ShareKind; examplesSha256: string; share: ShareCommon<object, object> };
+
+/** Throws unless `shard` is one of 0..count-1. */
+export function checkShard(shard: Shard): void {
+  if (!Number.isInteger(shard.index) || !Number.isInteger(shard.count) || shard.index < 0 || shard.index >= shard.count) {
+    throw new EvalUsageError(`--shard-index ${shard.index} --num-shards ${shard.count}: the index must be 0..${shard.count - 1}`);
+  }
+}
+
+/**
+ * The problems of a data pass as every share must list them: decode workers meet problems in no
+ * fixed order, and shares are compared as JSON, so kinds and lines are sorted.
+ */
+export function problemsRecord(problems: Problems | null): ProblemsRecord {
+  const first = (problems?.list ?? [])
+    .slice()
+    .sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.offset - b.offset || (a.kind < b.kind ? -1 : a.kind > b.kind ? 1 : 0)))
+    .slice(0, 20)
+    .map((p) => `${p.file}@${p.offset}: ${p.kind}: ${p.message}`);
+  const byKind = Object.fromEntries(Object.entries(problems?.byKind ?? {}).sort(([a], [b]) => (a < b ? -1 : 1)));
+  return { count: problems?.count ?? 0, byKind, first };
+}
 
 /** Writes one share into `out`; share.json last, so its presence means the share is whole. */
-export function writeShare(out: string, share: LocalizationShare): void {
+export function writeShare<E extends object, S extends ShareCommon<object, E>>(out: string, kind: ShareKind, share: S, codec: ExampleCodec<E>): void {
   mkdirSync(out, { recursive: true });
-  const pixels = encodeSafetensors(
-    share.examples.flatMap((e, k) => [
-      { name: `${k}/image`, shape: [e.height, e.width, 3], data: Float32Array.from(e.image) },
-      ...e.cells.map((c, j) => ({ name: `${k}/mask/${j}`, shape: [e.height, e.width], data: c.mask.slice() })),
-    ]),
-  );
+  const pixels = encodeSafetensors(share.examples.flatMap((e, k) => codec.pixels(e).map((a) => ({ ...a, name: `${k}/${a.name}` }))));
   writeFileAtomic(join(out, EXAMPLES_FILE), pixels);
-  const file: ShareFile = {
-    format: SHARE_FORMAT,
-    version: SHARE_VERSION,
-    kind: 'localization',
-    ...share,
-    examplesSha256: sha256(pixels),
-    examples: share.examples.map(({ image: _, cells, ...meta }) => ({ ...meta, boxes: cells.map((c) => c.box) })),
-  };
+  const examples = share.examples.map((e) => ({ ...codec.meta(e), index: e.index }));
+  const file: ShareFile = { format: SHARE_FORMAT, version: SHARE_VERSION, kind, examplesSha256: sha256(pixels), share: { ...share, examples } };
   writeFileAtomic(join(out, SHARE_FILE), JSON.stringify(file) + '\n');
 }
 
-function readShare(dir: string): LocalizationShare {
+/** The kind of the share in `dir`, checked to be a finished share of this version. */
+export function shareKind(dir: string): ShareKind {
+  return readShareFile(dir).kind;
+}
+
+function readShareFile(dir: string): ShareFile {
   const path = join(dir, SHARE_FILE);
-  if (!existsSync(path)) throw new EvalUsageError(`${dir}: no ${SHARE_FILE}: not a finished shard of 'casm eval localization --num-shards'`);
+  if (!existsSync(path)) throw new EvalUsageError(`${dir}: no ${SHARE_FILE}: not a finished shard of 'casm eval localization|classifiers --num-shards'`);
   let file: ShareFile;
   try {
     file = JSON.parse(readFileSync(path, 'utf8')) as ShareFile;
   } catch (e) {
     throw new EvalUsageError(`${path}: not a share: ${(e as Error).message}`);
   }
-  if (file.format !== SHARE_FORMAT || file.version !== SHARE_VERSION || file.kind !== 'localization') {
-    throw new EvalUsageError(`${path}: not a localisation share of this version (format ${file.format}, version ${file.version}, kind ${file.kind})`);
+  if (file.format !== SHARE_FORMAT || file.version !== SHARE_VERSION || !SHARE_KINDS.includes(file.kind)) {
+    throw new EvalUsageError(`${path}: not an evaluation share of this version (format ${file.format}, version ${file.version}, kind ${file.kind})`);
   }
+  return file;
+}
+
+function readShare<E extends object, S extends ShareCommon<object, E>>(dir: string, kind: ShareKind, codec: ExampleCodec<E>): S {
+  const file = readShareFile(dir);
+  if (file.kind !== kind) throw new EvalUsageError(`${dir}: a share of 'eval ${file.kind}', not of 'eval ${kind}'`);
   const pixelsPath = join(dir, EXAMPLES_FILE);
   const bytes = existsSync(pixelsPath) ? readFileSync(pixelsPath) : null;
-  if (bytes === null || sha256(bytes) !== file.examplesSha256) throw new EvalUsageError(`${pixelsPath}: missing or not the one ${path} was written with`);
+  if (bytes === null || sha256(bytes) !== file.examplesSha256) throw new EvalUsageError(`${pixelsPath}: missing or not the one ${join(dir, SHARE_FILE)} was written with`);
   const { tensors } = parseSafetensors(bytes, pixelsPath);
-  const values = (name: string) => {
-    const t = tensors.get(name);
-    if (!t) throw new EvalUsageError(`${pixelsPath}: no tensor ${name}`);
-    return t.data;
-  };
-  const { format: _f, version: _v, kind: _k, examplesSha256: _s, examples, ...share } = file;
+  const share = file.share as S;
   return {
     ...share,
-    examples: examples.map(({ boxes, ...meta }, k) => ({
-      ...meta,
-      image: Uint8Array.from(values(`${k}/image`)),
-      cells: boxes.map((box, j) => ({ mask: values(`${k}/mask/${j}`), box })),
+    examples: share.examples.map((meta, k) => ({
+      ...codec.restore(meta, (name) => {
+        const t = tensors.get(`${k}/${name}`);
+        if (!t) throw new EvalUsageError(`${pixelsPath}: no tensor ${k}/${name}`);
+        return t.data;
+      }),
+      index: meta.index,
     })),
   };
 }
 
 /**
- * The shares in `dirs`, in shard order, checked to be the shards 0..n-1 of one evaluation: the
- * same setup (checkpoint and its weights, data, protocol, methods, options) and the same images read.
+ * The shares of `kind` in `dirs`, in shard order, checked to be the shards 0..n-1 of one
+ * evaluation: the same setup (checkpoint and its weights, data, protocol, methods, options), the
+ * same engine and the same images read.
  */
-export function readShares(dirs: string[]): LocalizationShare[] {
+export function readShares<E extends object, S extends ShareCommon<object, E>>(dirs: string[], kind: ShareKind, codec: ExampleCodec<E>): S[] {
   if (dirs.length === 0) throw new EvalUsageError('give the directories of the shards to merge');
-  const shares = dirs.map(readShare);
-  const [first] = shares as [LocalizationShare];
+  const shares = dirs.map((d) => readShare<E, S>(d, kind, codec));
+  const [first] = shares as [S];
   const count = first.shard.count;
   const byIndex = new Map<number, string>();
   shares.forEach((s, i) => {
@@ -89,15 +148,16 @@ export function readShares(dirs: string[]): LocalizationShare[] {
     const other = byIndex.get(s.shard.index);
     if (other !== undefined) throw new EvalUsageError(`shard ${s.shard.index} of ${count} given twice: ${other} and ${dirs[i]}`);
     byIndex.set(s.shard.index, dirs[i]!);
-    for (const key of Object.keys(first.setup) as (keyof LocalizationShare['setup'])[]) {
-      const [a, b] = [JSON.stringify(first.setup[key]), JSON.stringify(s.setup[key])];
-      if (a !== b) throw new EvalUsageError(`${dirs[0]} and ${dirs[i]} are not shards of one evaluation: their ${key} differs (${clip(a)} against ${clip(b)})`);
+    const setups = [first.setup, s.setup] as Record<string, unknown>[];
+    for (const key of new Set([...Object.keys(setups[0]!), ...Object.keys(setups[1]!)])) {
+      const [a, b] = setups.map((x) => JSON.stringify(x[key]) ?? 'nothing');
+      if (a !== b) throw new EvalUsageError(`${dirs[0]} and ${dirs[i]} are not shards of one evaluation: their ${key} differs (${clip(a!)} against ${clip(b!)})`);
     }
     if (engineText(s.provenance) !== engineText(first.provenance)) {
       throw new EvalUsageError(`${dirs[0]} and ${dirs[i]} were scored by different engines (${engineText(first.provenance)} against ${engineText(s.provenance)}): their figures would not be one run's`);
     }
     // Where and what, not the decoder's words: libvips words one corrupt JPEG differently from run to run.
-    const seen = (p: LocalizationShare['problems']) => JSON.stringify([p.count, p.byKind, p.first.map((l) => l.split(': ').slice(0, 2).join(': '))]);
+    const seen = (p: ProblemsRecord) => JSON.stringify([p.count, p.byKind, p.first.map((l) => l.split(': ').slice(0, 2).join(': '))]);
     if (s.read !== first.read || seen(s.problems) !== seen(first.problems)) {
       throw new EvalUsageError(`${dirs[0]} and ${dirs[i]} read different data (${first.read} images, ${first.problems.count} problems against ${s.read}, ${s.problems.count})`);
     }
@@ -107,5 +167,13 @@ export function readShares(dirs: string[]): LocalizationShare[] {
   return shares.sort((a, b) => a.shard.index - b.shard.index);
 }
 
-const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
+/** The first `n` example rows of all shares in image order: the rows one process would have kept. */
+export function firstExamples<E extends object>(shares: ShareCommon<object, E>[], n: number): E[] {
+  return shares
+    .flatMap((s) => s.examples)
+    .sort((a, b) => a.index - b.index)
+    .slice(0, n)
+    .map(({ index: _, ...row }) => row as E);
+}
+
 const clip = (s: string) => (s.length > 120 ? `${s.slice(0, 117)}...` : s);

@@ -18,7 +18,6 @@
  * layer, so nothing nested or custom reaches model.json.
  */
 import * as tf from '@tensorflow/tfjs';
-import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { TrainConfig } from '../casm/config.js';
@@ -27,6 +26,7 @@ import { loadCheckpoint, readCheckpointState, resolveCheckpoint } from '../check
 import { IMAGENET_MEAN, IMAGENET_STD, normalize } from '../data/normalize.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
 import { PROJECT_VERSION } from '../version.js';
+import { sha256File } from '../util/sha256.js';
 
 export const MASKER_FORMAT = 'casm-ts-masker';
 export const MASKER_FORMAT_VERSION = 1;
@@ -41,8 +41,6 @@ export type Quantization = (typeof QUANTIZATIONS)[number];
 
 /** An export that cannot be made or an exported model directory that cannot be used. */
 export class ExportError extends Error {}
-
-const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
 export interface MaskerMeta {
   format: typeof MASKER_FORMAT;
@@ -374,7 +372,7 @@ export async function exportMasker(o: ExportOptions): Promise<ExportResult> {
       training: { config: state.config, thinning: state.config.thinning, score: state.config.score, step: state.step },
       source: { checkpoint: resolve(ckpt), step: state.step, checkpointVersion: state.version, projectVersion: state.projectVersion },
       exportCheck,
-      files: Object.fromEntries(['model.json', ...shards].map((f) => [f, sha256(join(dir, f))])),
+      files: Object.fromEntries(['model.json', ...shards].map((f) => [f, sha256File(join(dir, f))])),
     };
     writeFileAtomic(join(dir, 'masker.json'), JSON.stringify(meta, null, 2) + '\n');
     log(
@@ -414,7 +412,7 @@ export async function loadMaskNetwork(dir: string): Promise<{ model: tf.LayersMo
   // A missing shard is reported by readLayersModel, naming the manifest that lists it.
   for (const [file, hash] of Object.entries(meta.files ?? {})) {
     const p = join(dir, file);
-    if (existsSync(p) && sha256(p) !== hash) throw new ExportError(`${p}: corrupt (sha256 differs from ${metaPath})`);
+    if (existsSync(p) && sha256File(p) !== hash) throw new ExportError(`${p}: corrupt (sha256 differs from ${metaPath})`);
   }
   const model = await readLayersModel(dir, json);
   const bad = model.weights.find((w) => tf.tidy(() => tf.logicalNot(tf.all(tf.isFinite(w.read()))).dataSync()[0] === 1));
