@@ -17,7 +17,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { crossEntropy } from '../src/casm/score.js';
-import { trainingPath } from '../src/fusedTraining.js';
+import { trainingPath } from '../src/engine/fusedTraining.js';
 import { REPO_ROOT } from '../src/version.js';
 import { measure, setupBench } from './common.js';
 

@@ -6,7 +6,7 @@
 import { parseArgs } from 'node:util';
 import { defaultTrainConfig } from '../src/casm/config.js';
 import { CasmTrainer } from '../src/casm/trainer.js';
-import { initEngine, type BackendChoice, type EngineInfo } from '../src/engine.js';
+import { initEngine, type BackendChoice, type EngineInfo } from '../src/engine/engine.js';
 import { SMOOTHGRAD_DEFAULTS } from '../src/explain/smoothGrad.js';
 import { RESNET50, type ResNetConfig } from '../src/models/resnet.js';
 

@@ -20,7 +20,7 @@ import { resolveDataSpec } from './data/spec.js';
 import { writeFileAtomic } from './util/atomicWrite.js';
 import { readCheckpointState, resolveCheckpoint } from './checkpoints/checkpoint.js';
 import { assertUnlocked } from './checkpoints/runLock.js';
-import { BACKEND_CHOICES, initEngine, type BackendChoice } from './engine.js';
+import { BACKEND_CHOICES, initEngine, type BackendChoice } from './engine/engine.js';
 import { COLORMAPS } from './explain/display.js';
 import { explainCommand, ExplainUsageError, METHODS, parseMethods, type ExplainOptions, type Method } from './explain/explainCommand.js';
 import { SMOOTHGRAD_DEFAULTS } from './explain/smoothGrad.js';

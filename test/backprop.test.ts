@@ -1,5 +1,5 @@
 /**
- * The backward pass that frees as it goes (src/backprop.ts) against tfjs-core's own
+ * The backward pass that frees as it goes (src/engine/backprop.ts) against tfjs-core's own
  * Engine.gradients: bit-identical gradients (same kernels, same order), a peak memory that no
  * longer grows with the depth of the graph, nothing leaked, and tfjs's behaviour kept for
  * higher-order gradients, gradients passed through as is, and errors.
@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import { releasingBackprop, setReleasingBackprop } from '../src/backprop.js';
+import { releasingBackprop, setReleasingBackprop } from '../src/engine/backprop.js';
 import { buildResNet } from '../src/models/resnet.js';
 import { useTestBackend } from './helpers/backend.js';
 import { memoryProbe } from './helpers/memoryProbe.js';

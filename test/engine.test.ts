@@ -1,5 +1,5 @@
 /**
- * Backend selection (src/engine.ts). The native engine is built by scripts/setup.sh, which runs
+ * Backend selection (src/engine/engine.ts). The native engine is built by scripts/setup.sh, which runs
  * before the tests in CI, so these tests require it: a missing native backend is a failure.
  * Tests run in order within this file and share one process (and one tfjs engine).
  */
@@ -7,13 +7,25 @@ import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { BACKEND_CHOICES, initEngine, type BackendChoice } from '../src/engine.js';
+import { BACKEND_CHOICES, initEngine, type BackendChoice } from '../src/engine/engine.js';
+import { checkTfjsVersion, EngineVersionError, PATCHED_TFJS } from '../src/engine/patches.js';
 import { Rng } from '../src/util/rng.js';
 
 function collect(): { lines: string[]; log: (line: string) => void } {
   const lines: string[] = [];
   return { lines, log: (line) => lines.push(line) };
 }
+
+test('the engine patches are for the pinned tfjs: package.json pins it, another version is refused by name', () => {
+  const pkg = createRequire(import.meta.url)('../../package.json') as { dependencies: Record<string, string> };
+  for (const name of ['@tensorflow/tfjs', '@tensorflow/tfjs-layers', '@tensorflow/tfjs-node']) assert.equal(pkg.dependencies[name], PATCHED_TFJS, name);
+  assert.equal(tf.version.tfjs, PATCHED_TFJS);
+  checkTfjsVersion();
+  assert.throws(
+    () => checkTfjsVersion({ ...tf.version, 'tfjs-layers': '4.23.0' }),
+    (e: unknown) => e instanceof EngineVersionError && /written for tfjs 4\.22\.0; this process has tfjs-layers 4\.23\.0\. Install the pinned one: npm ci/.test(e.message),
+  );
+});
 
 test('BACKEND_CHOICES lists the four choices', () => {
   assert.deepEqual([...BACKEND_CHOICES], ['auto', 'tensorflow', 'tensorflow-gpu', 'cpu']);

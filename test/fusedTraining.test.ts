@@ -1,5 +1,5 @@
 /**
- * The fused training path (src/fusedTraining.ts: TensorFlow's FusedBatchNormV3 / ...GradV3 and
+ * The fused training path (src/engine/fusedTraining.ts: TensorFlow's FusedBatchNormV3 / ...GradV3 and
  * ReluGrad) against tfjs's own composed ops: same loss, gradients, moving statistics and CASM
  * iteration within float32 rounding, far fewer kernels, no leaked tensors. On the pure-JS
  * backend the switch must change nothing.
@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { defaultTrainConfig } from '../src/casm/config.js';
 import { CasmTrainer } from '../src/casm/trainer.js';
-import { fusedTraining, setFusedTraining } from '../src/fusedTraining.js';
+import { fusedTraining, setFusedTraining } from '../src/engine/fusedTraining.js';
 import { buildResNet } from '../src/models/resnet.js';
 import { useTestBackend } from './helpers/backend.js';
 import { memoryProbe } from './helpers/memoryProbe.js';

@@ -17,7 +17,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { initEngine } from '../src/engine.js';
+import { initEngine } from '../src/engine/engine.js';
 import { buildResNet, countTrainableParams, FEATURE_NAMES, RESNET50, type ResNetConfig } from '../src/models/resnet.js';
 import { loadTorchvisionWeights } from '../src/models/weights.js';
 import { findTorchPython, repoRoot } from './helpers/python.js';

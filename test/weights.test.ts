@@ -9,7 +9,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { initEngine } from '../src/engine.js';
+import { initEngine } from '../src/engine/engine.js';
 import { parseSafetensors, readSafetensors, writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
 import { buildResNet, type ResNetConfig } from '../src/models/resnet.js';
 import {

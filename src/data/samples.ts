@@ -1,5 +1,5 @@
 /**
- * Common types of the streaming data pipeline (issue 3): one encoded sample as every layout
+ * Common types of the streaming data pipeline: one encoded sample as every layout
  * reader yields it, the problems a reader skips over, and a small pull-based byte reader over
  * an async stream of chunks (a file read stream), shared by the tar and TFRecord readers.
  *

@@ -22,7 +22,8 @@
  * libtensorflow 2.21 prints while it is being loaded ignores that variable; it stays.
  */
 import * as tf from '@tensorflow/tfjs';
-import { setFusedTraining, trainingPath } from './fusedTraining.js';
+import { trainingPath } from './fusedTraining.js';
+import { install } from './patches.js';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
@@ -187,7 +188,7 @@ export async function initEngine(
   }
 
   if (choice === 'cpu') {
-    setFusedTraining(false);
+    install('composed');
     await useCpu();
     log(`engine: backend=cpu pure-JS (TensorFlow.js ${tf.version_core}), chosen explicitly`);
     return { backend: tf.getBackend(), native: false, tensorflowVersion: null, warning: null };
@@ -198,8 +199,8 @@ export async function initEngine(
   for (const c of candidates) {
     try {
       const got = await loadNative(c);
-      // The faster training paths of src/fusedTraining.ts (CASM_FUSED=0: tfjs's composed ops).
-      setFusedTraining(process.env['CASM_FUSED'] !== '0');
+      // The faster training paths of fusedTraining.ts (CASM_FUSED=0: tfjs's composed ops).
+      install(process.env['CASM_FUSED'] === '0' ? 'composed' : 'fused');
       log(`engine: backend=${tf.getBackend()} native libtensorflow ${got.tfVersion} (${got.pkg} ${got.pkgVersion}); training: ${trainingPath()}`);
       return { backend: tf.getBackend(), native: true, tensorflowVersion: got.tfVersion, warning: null };
     } catch (err) {
@@ -211,7 +212,7 @@ export async function initEngine(
     }
   }
 
-  setFusedTraining(false);
+  install('composed');
   await useCpu();
   const warning =
     'WARNING: the native TensorFlow engine is not available, so casm-ts runs on the pure-JS cpu ' +

@@ -1,5 +1,5 @@
 /**
- * Faster training paths when the native engine runs (issue 7), each measured in bench/results.md.
+ * Faster training paths when the native engine runs, each measured in bench/results.md.
  * - tfjs composes a BatchNorm layer's training forward (moments, then batchNorm) and both
  *   gradients from elementwise kernels (Mean, Sub, Square, Multiply, Reshape, Sum... a few dozen
  *   per layer), and ReLU's gradient from Step, Cast and Multiply. libtensorflow has one kernel for
@@ -9,7 +9,7 @@
  *   is computed only when the backward pass needs it.
  * - tfjs saves tensors some gradients never read: an Add layer's two inputs, for their shapes.
  * - tfjs keeps every saved tensor and intermediate gradient until a backward pass ends; the
- *   backward pass of src/backprop.ts frees them as it goes (any backend).
+ *   backward pass of backprop.ts frees them as it goes (any backend).
  * `setFusedTraining(true)` switches all of it on; off (or, but for the backward pass, on the
  * pure-JS backend) everything runs as tfjs writes it. Numerics: same formulas, float32 rounding
  * differs (test/fusedTraining.test.ts compares the gradients of both paths).

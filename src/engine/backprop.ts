@@ -1,5 +1,5 @@
 /**
- * A backward pass that frees memory as it goes (issue 7). tfjs-core's Engine.gradients keeps every
+ * A backward pass that frees memory as it goes. tfjs-core's Engine.gradients keeps every
  * tensor the forward pass saved for its gradients, every intermediate gradient, and every partial
  * gradient it summed, until the whole backward pass ends: a ResNet-50 training step's peak memory
  * is about twice what it needs. This one walks the same tape in the same order through the same
