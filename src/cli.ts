@@ -20,7 +20,7 @@ import { resolveDataSpec } from './data/spec.js';
 import { writeFileAtomic } from './util/atomicWrite.js';
 import { readCheckpointState, resolveCheckpoint } from './checkpoints/checkpoint.js';
 import { assertUnlocked } from './checkpoints/runLock.js';
-import { BACKEND_CHOICES, initEngine, type BackendChoice } from './engine/engine.js';
+import { BACKEND_CHOICES, defaultTrainingPath, initEngine, TRAINING_PATHS, type BackendChoice, type TrainingPath } from './engine/engine.js';
 import { COLORMAPS } from './explain/display.js';
 import { explainCommand, ExplainUsageError, METHODS, parseMethods, type ExplainOptions, type Method } from './explain/explainCommand.js';
 import { SMOOTHGRAD_DEFAULTS } from './explain/smoothGrad.js';
@@ -232,6 +232,7 @@ interface TrainOptions {
   classifierWeights?: string;
   seed: number;
   backend: BackendChoice;
+  trainingPath: TrainingPath;
 }
 
 /** The resolved configuration: options given win, the rest comes from the data's preset. */
@@ -369,11 +370,16 @@ function withTrainOptions(cmd: Command): Command {
     .option('--resume <dir>', 'continue a run (its directory or one checkpoint)')
     .option('--classifier-weights <file>', 'start from a pretrained classifier (torchvision safetensors or tfjs model)')
     .option('--seed <n>', 'seed of every random choice', int(0), 0)
-    .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'));
+    .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'))
+    .addOption(
+      new Option('--training-path <path>', "native engine: 'fused' (TensorFlow's fused kernels, lazy gradients; src/engine/) or 'composed' (tfjs's ops as written; CASM_FUSED=0 makes it the default)")
+        .choices(TRAINING_PATHS)
+        .default(defaultTrainingPath()),
+    );
 }
 
 /** Options that change how a run goes, not what it computes: a resume may set them anew. */
-const RUNTIME_OPTIONS = new Set<keyof TrainOptions>(['resume', 'out', 'maxSteps', 'checkpointEvery', 'logEvery', 'imageEvery', 'workers', 'prefetch', 'backend']);
+const RUNTIME_OPTIONS = new Set<keyof TrainOptions>(['resume', 'out', 'maxSteps', 'checkpointEvery', 'logEvery', 'imageEvery', 'workers', 'prefetch', 'backend', 'trainingPath']);
 
 /**
  * The options of a resumed run: those it was started with, and this command's runtime options.
@@ -454,7 +460,7 @@ export function buildProgram(argv: string[] = []): Command {
       const log = (line: string) => console.log(line);
       const o = given.resume ? resumedOptions(given, cmd, log) : given;
       checkTrainOptions(o);
-      await initEngine(o.backend, log);
+      await initEngine(o.backend, log, o.trainingPath);
       const { plan, classes } = dataPlanFrom(o);
       const config = trainConfigFrom(o, classes);
       if (plan.kind === 'shards' && !o.classifierWeights && !o.resume && config.warmupSteps === 0) {
@@ -711,7 +717,7 @@ export function buildProgram(argv: string[] = []): Command {
       // The protocol trains with thinning L unless told otherwise.
       const thinning = cmd.getOptionValueSource('thinning') === 'default' ? 'L' : o.thinning;
       const log = (line: string) => console.log(line);
-      await initEngine(o.backend, log);
+      await initEngine(o.backend, log, o.trainingPath);
       const { plan, classes: numClasses } = dataPlanFrom(o);
       await runUnseen({
         out: o.out!,
@@ -737,7 +743,7 @@ export function buildProgram(argv: string[] = []): Command {
       checkExperimentOptions('sweep', o);
       if (o.lambdaR !== undefined) throw new UsageError('experiment sweep: give lambda_R values with --lambdas, not --lambda-r');
       const log = (line: string) => console.log(line);
-      await initEngine(o.backend, log);
+      await initEngine(o.backend, log, o.trainingPath);
       const { plan, classes } = dataPlanFrom(o);
       await runSweep({
         out: o.out!,

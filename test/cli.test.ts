@@ -1,7 +1,7 @@
 /** The command line as a user meets it: help with defaults, exit code 2 for bad invocations. */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -12,7 +12,11 @@ const tmp = mkdtempSync(join(tmpdir(), 'casm-cli-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
 function casm(...args: string[]) {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 120_000 });
+  return casmWith(process.env, ...args);
+}
+
+function casmWith(env: NodeJS.ProcessEnv, ...args: string[]) {
+  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 120_000, env });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
@@ -28,6 +32,20 @@ test('casm train --help lists every option with its default', () => {
   assert.match(out, /--batch-size <n> images per iteration \(default: the preset's; digits 32, imagenet 128, small-photos 32\)/);
   assert.match(out, /--preset <name> .*\(choices: "digits", "imagenet", "small-photos"\)/);
   assert.match(out, /--lambda-r <x> area penalty lambda_R \(default: the preset of thinning and score, scaled by log\(classes\)\/log\(1000\)\)/);
+});
+
+test('--training-path picks the training path, says so and records it in config.json; CASM_FUSED=0 makes composed the default', () => {
+  const out = join(tmp, 'composed');
+  const tiny = ['--depths', '1,1,1,1', '--width', '4', '--decoder-width', '8', '--batch-size', '8', '--train-count', '64', '--val-count', '8', '--warmup-steps', '1', '--max-steps', '2', '--backend', 'tensorflow'];
+  const r = casm('train', ...tiny, '--training-path', 'composed', '--out', out);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out + r.err, /engine: backend=tensorflow .*; training: tfjs composed ops\n/);
+  const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { options: { trainingPath: string } };
+  assert.equal(config.options.trainingPath, 'composed');
+  const fusedHelp = casm('train', '--help').out.replace(/\s+/g, ' ');
+  assert.match(fusedHelp, /--training-path <path> .*\(choices: "fused", "composed", default: "fused"\)/);
+  const aliasHelp = casmWith({ ...process.env, CASM_FUSED: '0' }, 'train', '--help').out.replace(/\s+/g, ' ');
+  assert.match(aliasHelp, /--training-path <path> .*\(choices: "fused", "composed", default: "composed"\)/);
 });
 
 test('casm --help names the train command', () => {

@@ -22,7 +22,7 @@
  * libtensorflow 2.21 prints while it is being loaded ignores that variable; it stays.
  */
 import * as tf from '@tensorflow/tfjs';
-import { trainingPath } from './fusedTraining.js';
+import { trainingPath as trainingPathText } from './fusedTraining.js';
 import { install } from './patches.js';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -35,6 +35,13 @@ export const BACKEND_CHOICES: readonly BackendChoice[] = Object.freeze([
   'tensorflow-gpu',
   'cpu',
 ] as const);
+
+/** How training runs on the native engine (patches.ts); the pure-JS backend always composes. */
+export const TRAINING_PATHS = ['fused', 'composed'] as const;
+export type TrainingPath = (typeof TRAINING_PATHS)[number];
+
+/** 'fused', or 'composed' where the environment says CASM_FUSED=0 (the older switch, kept as an alias). */
+export const defaultTrainingPath = (): TrainingPath => (process.env['CASM_FUSED'] === '0' ? 'composed' : 'fused');
 
 export interface EngineInfo {
   /** tf.getBackend() after initialisation: 'tensorflow' (either native package) or 'cpu'. */
@@ -182,6 +189,7 @@ async function useCpu(): Promise<void> {
 export async function initEngine(
   choice: BackendChoice,
   log: (line: string) => void = defaultLog,
+  trainingPath: TrainingPath = defaultTrainingPath(),
 ): Promise<EngineInfo> {
   if (!(BACKEND_CHOICES as readonly string[]).includes(choice)) {
     throw new Error(`unknown backend '${String(choice)}': valid choices are ${BACKEND_CHOICES.join(', ')}`);
@@ -199,9 +207,8 @@ export async function initEngine(
   for (const c of candidates) {
     try {
       const got = await loadNative(c);
-      // The faster training paths of fusedTraining.ts (CASM_FUSED=0: tfjs's composed ops).
-      install(process.env['CASM_FUSED'] === '0' ? 'composed' : 'fused');
-      log(`engine: backend=${tf.getBackend()} native libtensorflow ${got.tfVersion} (${got.pkg} ${got.pkgVersion}); training: ${trainingPath()}`);
+      install(trainingPath);
+      log(`engine: backend=${tf.getBackend()} native libtensorflow ${got.tfVersion} (${got.pkg} ${got.pkgVersion}); training: ${trainingPathText()}`);
       return { backend: tf.getBackend(), native: true, tensorflowVersion: got.tfVersion, warning: null };
     } catch (err) {
       if (choice !== 'auto') throw err;
