@@ -44,7 +44,7 @@ if (bench.mode !== undefined) {
   const run: Record<Mode, () => void> = {
     plain: () => tf.tidy(() => void sgd.minimize(() => crossEntropy((trainer.classifier.apply(x, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D, y))),
     masker_forward: () => {
-      const { masks, logits } = trainer.inference(x);
+      const { masks, logits } = trainer.model.inference(x);
       masks.dataSync();
       tf.dispose([masks, logits]);
     },

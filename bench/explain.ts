@@ -27,12 +27,12 @@ function report(label: string, ms: number, extra = ''): void {
 }
 
 const forward = measure(() => {
-  const { masks, logits } = trainer.inference(x);
+  const { masks, logits } = trainer.model.inference(x);
   tf.dispose([masks, logits]);
 });
 report('CASM masker forward (classifier + decoder)', forward);
 const rows: [string, Explainer][] = [
-  ['casm (explainer interface)', new CasmMasks(trainer)],
+  ['casm (explainer interface)', new CasmMasks(trainer.model)],
   ['vanilla gradient', new VanillaGradient(classifier)],
   ['gradient x input', new GradientTimesInput(classifier)],
   [`Grad-CAM (${classifier.lastSpatialLayer})`, new GradCam(classifier)],

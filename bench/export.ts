@@ -20,7 +20,7 @@ import { measure as measureCalls, setupBench } from './common.js';
 const { trainer, arch, batch, size, samples, steps, warmup } = await setupBench('bench export', { batch: 2, warmup: 2 });
 const dir = mkdtempSync(join(tmpdir(), 'casm-bench-export-'));
 try {
-  const built = await buildMaskNetwork(trainer);
+  const built = await buildMaskNetwork(trainer.model);
   await writeLayersModel(built, dir);
   built.dispose();
   // The masker.json loadMaskNetwork wants; only its format fields matter here.

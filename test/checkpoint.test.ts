@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { defaultTrainConfig, type TrainConfig } from '../src/casm/config.js';
 import { runTraining, type RunOptions } from '../src/casm/train.js';
-import { CheckpointError, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
+import * as tf from '@tensorflow/tfjs';
+import { CheckpointError, loadCasmModel, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { useTestBackend } from './helpers/backend.js';
 import { runPython } from './helpers/python.js';
@@ -93,6 +94,33 @@ test('resume: 2N straight equals N, stop, resume N (step, pool, optimiser states
     assert.ok(Math.abs(la[k] - lb[k]) < 1e-4 * Math.max(1, Math.abs(la[k])), `${k}: ${la[k]} vs ${lb[k]}`);
   }
   assert.deepEqual(resB.eval, resA.eval);
+});
+
+test('loadCasmModel: the weights the checkpoint files hold, nothing of training (optimisers, pool), all freed on dispose', async () => {
+  const dir = join(root, 'inference');
+  await runTraining(options(dir, { maxSteps: 8 }));
+  const before = tf.memory().numTensors;
+  const { model, dir: ckpt, state } = loadCasmModel(dir);
+  assert.equal(state.step, 8);
+  assert.equal(ckpt, resolveCheckpoint(dir));
+  const files = { 'classifier.safetensors': [model.classifier], 'masker.safetensors': model.masker.models };
+  let weights = 0;
+  for (const [file, models] of Object.entries(files)) {
+    const saved = [...tensorsOf(ckpt, file).values()];
+    const loaded = models.flatMap((m) => m.weights.map((w) => w.read().dataSync() as Float32Array));
+    assert.equal(loaded.length, saved.length, file);
+    loaded.forEach((v, i) => assert.deepEqual(v, saved[i], `${file} weight ${i}`));
+    weights += loaded.length;
+  }
+  // A shared encoder holds no variables of its own: the tensors are the weights, no optimiser slot.
+  assert.equal(tf.memory().numTensors - before, weights);
+  const x = tf.zeros([2, 32, 32, 3]) as tf.Tensor4D;
+  const { masks, logits } = model.inference(x);
+  assert.deepEqual([masks.shape, logits.shape], [[2, 32, 32, 1], [2, 10]]);
+  tf.dispose([x, masks, logits]);
+  model.dispose();
+  assert.equal(tf.memory().numTensors, before);
+  assert.throws(() => loadCasmModel(join(root, 'no-such-run')), /no-such-run/);
 });
 
 test('a corrupt checkpoint is refused, naming the file', () => {

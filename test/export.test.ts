@@ -76,7 +76,7 @@ function disposeTrainer(t: CasmTrainer): void {
 /** Training-time masks of x01 (the reference): trainer.inference on normalize(x01), as casm explain feeds it. */
 function referenceMasks(t: CasmTrainer, images: tf.Tensor4D): tf.Tensor4D {
   const x = normalize(images);
-  const { masks, logits } = t.inference(x);
+  const { masks, logits } = t.model.inference(x);
   tf.dispose([x, logits]);
   return masks;
 }
@@ -182,7 +182,7 @@ test('other masker variants export too: own encoder, bilinear, and deconv upsamp
   ]) {
     const t = new CasmTrainer(defaultTrainConfig({ arch: { depths: [1, 1, 1, 1], width: 4, classes: 10, inputSize: SIZE }, masker, seed: 5 }));
     const before = tf.memory().numTensors;
-    const model = await buildMaskNetwork(t);
+    const model = await buildMaskNetwork(t.model);
     const dir = join(root, `variant-${masker.upsample}`);
     const { writeLayersModel } = await import('../src/export/exportMasker.js');
     await writeLayersModel(model, dir);

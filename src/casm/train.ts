@@ -207,7 +207,7 @@ function heldOutInference(trainer: CasmTrainer, val: HeldOut): { masks: Float32A
   for (let start = 0; start < val.n; start += bs) {
     const indices = Array.from({ length: Math.min(bs, val.n - start) }, (_, i) => start + i);
     const x = val.batch(indices);
-    const out = trainer.inference(x);
+    const out = trainer.model.inference(x);
     const data = out.masks.dataSync() as Float32Array;
     const predicted = tf.tidy(() => tf.argMax(out.logits, 1).dataSync());
     tf.dispose([x, out.masks, out.logits]);
@@ -253,7 +253,7 @@ async function logMaskGrid(tb: SummaryWriter, trainer: CasmTrainer, val: HeldOut
   const rows = Math.min(8, val.n);
   const indices = Array.from({ length: rows }, (_, i) => i);
   const x = val.batch(indices);
-  const { masks, logits } = trainer.inference(x);
+  const { masks, logits } = trainer.model.inference(x);
   logits.dispose();
   const images = denormalize(x);
   const flat = masks.dataSync() as Float32Array;

@@ -3,7 +3,8 @@
  * iteration of spec section 2 in one function.
  */
 import * as tf from '@tensorflow/tfjs';
-import { Masker } from '../models/masker.js';
+import { CasmModel } from '../models/casmModel.js';
+import type { Masker } from '../models/masker.js';
 import { buildResNet } from '../models/resnet.js';
 import { Rng } from '../util/rng.js';
 import { stopGradient } from '../util/stopGradient.js';
@@ -41,6 +42,8 @@ export interface StepStats {
 export class NonFiniteLossError extends Error {}
 
 export class CasmTrainer {
+  /** The classifier and the masker this trainer trains. */
+  readonly model: CasmModel;
   readonly classifier: tf.LayersModel;
   readonly masker: Masker;
   readonly pool: ClassifierPool;
@@ -55,8 +58,9 @@ export class CasmTrainer {
 
   constructor(readonly config: TrainConfig) {
     this.rng = new Rng(config.seed);
-    this.classifier = buildResNet(config.arch, 'classifier', config.seed * 10_000);
-    this.masker = new Masker(config.arch, config.masker, config.seed * 10_000 + 5_000);
+    this.model = new CasmModel(config.arch, config.masker, config.seed);
+    this.classifier = this.model.classifier;
+    this.masker = this.model.masker;
     this.pool = new ClassifierPool(config.thinning);
     const lr = learningRates(config.optim, 0);
     this.classifierOpt = tf.train.momentum(lr.classifier, config.optim.momentum);
@@ -207,19 +211,9 @@ export class CasmTrainer {
     }
   }
 
-  /** Inference mode: the classifier's logits of x and the masks decoded from its features. */
-  inference(x: tf.Tensor4D): { masks: tf.Tensor4D; logits: tf.Tensor2D } {
-    const [masks, logits] = tf.tidy(() => {
-      const out = this.classifier.apply(x, { training: false }) as tf.Tensor[];
-      return [this.masker.apply(x, out.slice(0, 5), false), out[5]];
-    });
-    return { masks: masks as tf.Tensor4D, logits: logits as tf.Tensor2D };
-  }
-
   /** Frees every tensor the trainer owns: models, optimiser slots, the snapshot model. */
   dispose(): void {
-    this.classifier.dispose();
-    for (const m of this.masker.models) m.dispose();
+    this.model.dispose();
     this.snapshotModel?.dispose();
     this.classifierOpt.dispose();
     this.maskerOpt.dispose();

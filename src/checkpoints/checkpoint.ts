@@ -21,6 +21,7 @@ import { architectureKey, type TrainConfig } from '../casm/config.js';
 import { NO_MASK_TERMS } from '../casm/score.js';
 import type { DataPlan } from '../casm/trainData.js';
 import type { CasmTrainer } from '../casm/trainer.js';
+import { CasmModel } from '../models/casmModel.js';
 import { DEFAULT_MASKER } from '../models/masker.js';
 import { readSafetensors, writeSafetensors, type TensorToWrite as TensorEntry } from '../io/safetensors.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
@@ -242,6 +243,24 @@ async function loadOptimizer(dir: string, file: string, opt: tf.Optimizer): Prom
  * Restores a trainer built from the checkpoint's config (see `checkpointConfig`). The trainer
  * must have the same architecture; anything else is an error naming the checkpoint.
  */
+/**
+ * The model of a run or checkpoint, for inference: resolved, checked, its classifier and masker
+ * weights loaded (no optimisers, no pool). `path`: a run directory (its latest) or a checkpoint.
+ */
+export function loadCasmModel(path: string): { model: CasmModel; dir: string; state: CheckpointState } {
+  const dir = resolveCheckpoint(path);
+  const state = readCheckpointState(dir);
+  const model = new CasmModel(state.config.arch, state.config.masker, state.config.seed);
+  try {
+    loadModels(dir, 'classifier.safetensors', [model.classifier]);
+    loadModels(dir, 'masker.safetensors', model.masker.models);
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+  return { model, dir, state };
+}
+
 export async function loadCheckpoint(dir: string, trainer: CasmTrainer, state = readCheckpointState(dir)): Promise<void> {
   if (architectureKey(state.config) !== architectureKey(trainer.config)) {
     throw new CheckpointError(

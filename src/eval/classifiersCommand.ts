@@ -16,8 +16,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { CasmTrainer } from '../casm/trainer.js';
-import { loadCheckpoint, readCheckpointState, resolveCheckpoint } from '../checkpoints/checkpoint.js';
+import { loadCasmModel } from '../checkpoints/checkpoint.js';
 import { denormalize, normalize } from '../data/normalize.js';
 import { Classifier } from '../explain/classifier.js';
 import { imagesToRgb, png, tile } from '../explain/display.js';
@@ -122,11 +121,8 @@ async function loadClassifier(path: string, size: number): Promise<Loaded> {
     const files = readdirSync(path).filter((f) => statSync(join(path, f)).isFile()).sort();
     loaded = { classifier: new Classifier(model), files: Object.fromEntries(files.map((f) => [f, sha256File(join(path, f))])), dispose: () => model.dispose() };
   } else {
-    const dir = resolveCheckpoint(path);
-    const state = readCheckpointState(dir);
-    const trainer = new CasmTrainer(state.config);
-    await loadCheckpoint(dir, trainer, state);
-    loaded = { classifier: new Classifier(trainer.classifier), files: state.files, dispose: () => trainer.dispose() };
+    const { model, state } = loadCasmModel(path);
+    loaded = { classifier: new Classifier(model.classifier), files: state.files, dispose: () => model.dispose() };
   }
   const [h, w, c] = loaded.classifier.inputShape;
   if (h !== size || w !== size || c !== 3) {
@@ -170,8 +166,7 @@ async function scoreClassifiers(o: ClassifiersOptions, shard: Shard): Promise<Cl
   const t0 = performance.now();
   checkShard(shard);
   const models = await loadModels(o.checkpoint, o.model);
-  const trainer = models.trainer!;
-  const own = { classifier: new Classifier(trainer.classifier), files: models.checkpoint!.state.files, dispose: () => {} };
+  const own = { classifier: new Classifier(models.casm!.classifier), files: models.checkpoint!.state.files, dispose: () => {} };
   const scored: (Loaded & { name: string; source: string; hits: Hits })[] = [{ name: 'own', source: models.checkpoint!.dir, ...own, hits: noHits() }];
   const data = await openEvalData({ ...o.data, size: models.size, onProblem: (p) => o.log(`data: ${p.file}@${p.offset}: ${p.kind}: ${p.message}`) });
   try {

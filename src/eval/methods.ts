@@ -6,12 +6,12 @@
  * (the centre box with a 33-pixel margin at 224, as a 0/1 mask).
  */
 import * as tf from '@tensorflow/tfjs';
-import { CasmTrainer } from '../casm/trainer.js';
-import { loadCheckpoint, readCheckpointState, resolveCheckpoint, type CheckpointState } from '../checkpoints/checkpoint.js';
+import { loadCasmModel, type CheckpointState } from '../checkpoints/checkpoint.js';
 import { denormalize } from '../data/normalize.js';
 import { Classifier } from '../explain/classifier.js';
 import { buildExplainer, METHODS as EXPLAIN_METHODS, parseMethods, type ExplainerOptions, type Method as ExplainMethod } from '../explain/explainCommand.js';
 import { checkMasksFinite, loadMaskNetwork, type MaskerMeta } from '../export/exportMasker.js';
+import type { CasmModel } from '../models/casmModel.js';
 import { centreBox } from './localization.js';
 
 export const EVAL_METHODS = [...EXPLAIN_METHODS, 'full', 'centre'] as const;
@@ -34,8 +34,8 @@ export interface MaskMethod {
 export interface Models {
   /** Input side in pixels. */
   size: number;
-  /** The checkpoint's trainer (classifier and masker), when one was given. */
-  trainer: CasmTrainer | null;
+  /** The checkpoint's model (classifier and masker), when one was given. */
+  casm: CasmModel | null;
   checkpoint: { dir: string; state: CheckpointState } | null;
   exported: { dir: string; model: tf.LayersModel; meta: MaskerMeta } | null;
   /** Top-1 classes of the checkpoint's classifier on clean images (null without a checkpoint). */
@@ -45,35 +45,32 @@ export interface Models {
 
 export async function loadModels(checkpoint: string | undefined, exportedDir: string | undefined): Promise<Models> {
   if (checkpoint === undefined && exportedDir === undefined) throw new EvalUsageError('give --checkpoint <run or checkpoint dir> and/or --model <exported dir>');
-  let trainer: CasmTrainer | null = null;
+  let casm: CasmModel | null = null;
   let ckpt: Models['checkpoint'] = null;
   if (checkpoint !== undefined) {
-    const dir = resolveCheckpoint(checkpoint);
-    const state = readCheckpointState(dir);
-    trainer = new CasmTrainer(state.config);
-    await loadCheckpoint(dir, trainer, state);
-    ckpt = { dir, state };
+    const loaded = loadCasmModel(checkpoint);
+    casm = loaded.model;
+    ckpt = { dir: loaded.dir, state: loaded.state };
   }
   const exported = exportedDir === undefined ? null : { dir: exportedDir, ...(await loadMaskNetwork(exportedDir)) };
-  const size = trainer?.config.arch.inputSize ?? exported!.meta.input.height;
+  const size = casm?.arch.inputSize ?? exported!.meta.input.height;
   if (exported && exported.meta.input.height !== size) {
     throw new EvalUsageError(`--model ${exportedDir}: input ${exported.meta.input.height}x${exported.meta.input.width} differs from the checkpoint's ${size}x${size}`);
   }
-  const classifier = trainer?.classifier ?? null;
   return {
     size,
-    trainer,
+    casm,
     checkpoint: ckpt,
     exported,
     predict(x) {
-      if (classifier === null) return null;
-      const top1 = tf.tidy(() => tf.argMax((classifier.apply(x, { training: false }) as tf.Tensor[])[5]!, 1));
+      if (casm === null) return null;
+      const top1 = tf.tidy(() => tf.argMax(casm!.classify(x, false).logits, 1));
       const classes = top1.dataSync() as Int32Array;
       top1.dispose();
       return classes;
     },
     dispose() {
-      trainer?.dispose();
+      casm?.dispose();
       exported?.model.dispose();
     },
   };
@@ -87,8 +84,8 @@ function fromTensor(maps: tf.Tensor3D): Float32Array {
 
 /** The method objects; a method the models cannot run is a usage error naming what it needs. */
 export function buildMethods(methods: EvalMethod[], models: Models, o: ExplainerOptions): MaskMethod[] {
-  const { size, trainer } = models;
-  const classifier = trainer ? new Classifier(trainer.classifier) : null;
+  const { size, casm } = models;
+  const classifier = casm ? new Classifier(casm.classifier) : null;
   return methods.map((name): MaskMethod => {
     switch (name) {
       case 'full':
@@ -122,8 +119,8 @@ export function buildMethods(methods: EvalMethod[], models: Models, o: Explainer
         }
         break;
     }
-    if (trainer === null || classifier === null) throw new EvalUsageError(`method '${name}' needs a checkpoint's classifier: give --checkpoint`);
-    const explainer = buildExplainer(name as ExplainMethod, trainer, classifier, o);
+    if (casm === null || classifier === null) throw new EvalUsageError(`method '${name}' needs a checkpoint's classifier: give --checkpoint`);
+    const explainer = buildExplainer(name as ExplainMethod, casm, classifier, o);
     return { name, masks: (x, labels) => fromTensor(explainer.explain(x, Array.from(labels)).maps) };
   });
 }

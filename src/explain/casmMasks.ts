@@ -4,19 +4,19 @@
  * (the argmax unless given), so CASM sits in the same tables as the class-specific methods.
  */
 import * as tf from '@tensorflow/tfjs';
-import type { CasmTrainer } from '../casm/trainer.js';
+import type { CasmModel } from '../models/casmModel.js';
 import { Classifier } from './classifier.js';
 import { Explainer, targetsOr, type Attribution } from './explainer.js';
 
 export class CasmMasks extends Explainer {
   readonly name: string = 'casm';
 
-  constructor(private readonly trainer: CasmTrainer) {
-    super(new Classifier(trainer.classifier));
+  constructor(private readonly model: CasmModel) {
+    super(new Classifier(model.classifier));
   }
 
   attribute(x: tf.Tensor4D, targets: tf.Tensor1D | null): Attribution {
-    const { masks, logits } = this.trainer.inference(x);
+    const { masks, logits } = this.model.inference(x);
     const used = targetsOr(targets, logits);
     logits.dispose();
     return { raw: masks, targets: used };

@@ -8,8 +8,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CasmTrainer } from '../casm/trainer.js';
-import { loadCheckpoint, readCheckpointState, resolveCheckpoint } from '../checkpoints/checkpoint.js';
+import { loadCasmModel } from '../checkpoints/checkpoint.js';
+import type { CasmModel } from '../models/casmModel.js';
 import { denormalize } from '../data/normalize.js';
 import { CasmMasks } from './casmMasks.js';
 import { Classifier } from './classifier.js';
@@ -70,10 +70,10 @@ export interface ExplainResult {
 /** What the explainers need of the options (`casm eval` builds them too). */
 export type ExplainerOptions = Pick<ExplainOptions, 'layer' | 'samples' | 'spread' | 'magnitude' | 'seed'>;
 
-export function buildExplainer(method: Method, trainer: CasmTrainer, classifier: Classifier, o: ExplainerOptions): Explainer {
+export function buildExplainer(method: Method, casm: CasmModel, classifier: Classifier, o: ExplainerOptions): Explainer {
   switch (method) {
     case 'casm':
-      return new CasmMasks(trainer);
+      return new CasmMasks(casm);
     case 'gradcam':
       return new GradCam(classifier, o.layer);
     case 'smoothgrad':
@@ -86,62 +86,63 @@ export function buildExplainer(method: Method, trainer: CasmTrainer, classifier:
 }
 
 export async function explainCommand(o: ExplainOptions): Promise<ExplainResult> {
-  const dir = resolveCheckpoint(o.checkpoint);
-  const state = readCheckpointState(dir);
-  const trainer = new CasmTrainer(state.config);
-  await loadCheckpoint(dir, trainer, state);
-  const classifier = new Classifier(trainer.classifier);
-  if (o.target !== undefined && !(Number.isInteger(o.target) && o.target >= 0 && o.target < classifier.classes)) {
-    throw new ExplainUsageError(`--target ${o.target}: target class ${o.target} is outside the model's range 0..${classifier.classes - 1}`);
-  }
-  if (o.layer !== undefined && !classifier.spatialLayers.has(o.layer)) {
-    throw new ExplainUsageError(`--layer ${o.layer}: unknown layer; valid layers are ${[...classifier.spatialLayers.keys()].join(', ')}`);
-  }
-  const explainers = o.methods.map((m) => buildExplainer(m, trainer, classifier, o));
-  const cam = explainers.find((e): e is GradCam => e instanceof GradCam);
-  o.log(`explain: ${dir} (step ${state.step}), methods ${o.methods.join(', ')}${cam ? `, Grad-CAM layer ${cam.layer}` : ''}`);
-
-  mkdirSync(o.out, { recursive: true });
-  const [h, w] = classifier.inputShape;
-  const names = uniqueStems(o.images);
-  const rows: Uint8Array[][] = [];
-  const result: ExplainResult = { images: [], targets: [], skipped: [], grid: join(o.out, 'grid.png') };
-  for (let start = 0; start < o.images.length; start += o.batchSize) {
-    const decoded = await loadImages(o.images.slice(start, start + o.batchSize), classifier.inputShape, (file, reason) => {
-      o.log(`skipping ${file}: cannot decode it (${reason})`);
-      result.skipped.push(file);
-    });
-    if (!decoded) continue;
-    const { x, indices } = decoded;
-    const batchNames = indices.map((i) => names[start + i]);
-    try {
-      const pictures = tf.tidy(() => imagesToRgb(denormalize(x)));
-      const batchRows = pictures.map((p) => [p]);
-      let classes: number[] = [];
-      for (const [k, explainer] of explainers.entries()) {
-        const { maps, targets } = explainer.explain(x, o.target === undefined ? undefined : indices.map(() => o.target!));
-        classes = targets;
-        const values = maps.dataSync();
-        maps.dispose();
-        for (const [i, name] of batchNames.entries()) {
-          const heat = colorize(values.subarray(i * h * w, (i + 1) * h * w), o.colormap);
-          const base = join(o.out, `${name}-${o.methods[k]}`);
-          writeFileSync(`${base}-heatmap.png`, await png(heat, w, h));
-          writeFileSync(`${base}-overlay.png`, await png(overlay(pictures[i], heat), w, h));
-          batchRows[i].push(heat);
-        }
-      }
-      rows.push(...batchRows);
-      result.images.push(...batchNames);
-      result.targets.push(...classes);
-      batchNames.forEach((name, i) => o.log(`${o.images[start + indices[i]]}: class ${classes[i]} -> ${join(o.out, name)}-<method>-{heatmap,overlay}.png`));
-    } finally {
-      x.dispose();
+  const { model: casm, dir, state } = loadCasmModel(o.checkpoint);
+  try {
+    const classifier = new Classifier(casm.classifier);
+    if (o.target !== undefined && !(Number.isInteger(o.target) && o.target >= 0 && o.target < classifier.classes)) {
+      throw new ExplainUsageError(`--target ${o.target}: target class ${o.target} is outside the model's range 0..${classifier.classes - 1}`);
     }
+    if (o.layer !== undefined && !classifier.spatialLayers.has(o.layer)) {
+      throw new ExplainUsageError(`--layer ${o.layer}: unknown layer; valid layers are ${[...classifier.spatialLayers.keys()].join(', ')}`);
+    }
+    const explainers = o.methods.map((m) => buildExplainer(m, casm, classifier, o));
+    const cam = explainers.find((e): e is GradCam => e instanceof GradCam);
+    o.log(`explain: ${dir} (step ${state.step}), methods ${o.methods.join(', ')}${cam ? `, Grad-CAM layer ${cam.layer}` : ''}`);
+
+    mkdirSync(o.out, { recursive: true });
+    const [h, w] = classifier.inputShape;
+    const names = uniqueStems(o.images);
+    const rows: Uint8Array[][] = [];
+    const result: ExplainResult = { images: [], targets: [], skipped: [], grid: join(o.out, 'grid.png') };
+    for (let start = 0; start < o.images.length; start += o.batchSize) {
+      const decoded = await loadImages(o.images.slice(start, start + o.batchSize), classifier.inputShape, (file, reason) => {
+        o.log(`skipping ${file}: cannot decode it (${reason})`);
+        result.skipped.push(file);
+      });
+      if (!decoded) continue;
+      const { x, indices } = decoded;
+      const batchNames = indices.map((i) => names[start + i]);
+      try {
+        const pictures = tf.tidy(() => imagesToRgb(denormalize(x)));
+        const batchRows = pictures.map((p) => [p]);
+        let classes: number[] = [];
+        for (const [k, explainer] of explainers.entries()) {
+          const { maps, targets } = explainer.explain(x, o.target === undefined ? undefined : indices.map(() => o.target!));
+          classes = targets;
+          const values = maps.dataSync();
+          maps.dispose();
+          for (const [i, name] of batchNames.entries()) {
+            const heat = colorize(values.subarray(i * h * w, (i + 1) * h * w), o.colormap);
+            const base = join(o.out, `${name}-${o.methods[k]}`);
+            writeFileSync(`${base}-heatmap.png`, await png(heat, w, h));
+            writeFileSync(`${base}-overlay.png`, await png(overlay(pictures[i], heat), w, h));
+            batchRows[i].push(heat);
+          }
+        }
+        rows.push(...batchRows);
+        result.images.push(...batchNames);
+        result.targets.push(...classes);
+        batchNames.forEach((name, i) => o.log(`${o.images[start + indices[i]]}: class ${classes[i]} -> ${join(o.out, name)}-<method>-{heatmap,overlay}.png`));
+      } finally {
+        x.dispose();
+      }
+    }
+    if (rows.length === 0) throw new Error(`none of the ${o.images.length} image file(s) could be decoded`);
+    const grid = tile(rows, w, h);
+    writeFileSync(result.grid, await png(grid.rgb, grid.width, grid.height));
+    o.log(`grid: ${result.grid} (${grid.width}x${grid.height}; columns: image, ${o.methods.join(', ')})`);
+    return result;
+  } finally {
+    casm.dispose();
   }
-  if (rows.length === 0) throw new Error(`none of the ${o.images.length} image file(s) could be decoded`);
-  const grid = tile(rows, w, h);
-  writeFileSync(result.grid, await png(grid.rgb, grid.width, grid.height));
-  o.log(`grid: ${result.grid} (${grid.width}x${grid.height}; columns: image, ${o.methods.join(', ')})`);
-  return result;
 }

@@ -21,9 +21,9 @@ import * as tf from '@tensorflow/tfjs';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { TrainConfig } from '../casm/config.js';
-import { CasmTrainer } from '../casm/trainer.js';
-import { loadCheckpoint, readCheckpointState, resolveCheckpoint } from '../checkpoints/checkpoint.js';
+import { loadCasmModel } from '../checkpoints/checkpoint.js';
 import { IMAGENET_MEAN, IMAGENET_STD, normalize } from '../data/normalize.js';
+import type { CasmModel } from '../models/casmModel.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
 import { PROJECT_VERSION } from '../version.js';
 import { sha256File } from '../util/sha256.js';
@@ -96,12 +96,12 @@ function rewire(layers: LayerJson[], map: Map<string, [string, number, number]>)
 }
 
 /**
- * The mask network of a trained CasmTrainer as one flat LayersModel, image bytes 0..255 in, mask out,
- * sharing no variables with the trainer (the weights are copies).
+ * The mask network of a trained CasmModel as one flat LayersModel, image bytes 0..255 in, mask out,
+ * sharing no variables with the model (the weights are copies).
  */
-export async function buildMaskNetwork(trainer: CasmTrainer, name = 'casm_masker'): Promise<tf.LayersModel> {
-  const trunk = trainer.masker.encoder ?? trainer.classifier;
-  const decoder = trainer.masker.decoder;
+export async function buildMaskNetwork(casm: CasmModel, name = 'casm_masker'): Promise<tf.LayersModel> {
+  const trunk = casm.masker.encoder ?? casm.classifier;
+  const decoder = casm.masker.decoder;
   const t = modelJson(trunk);
   const d = modelJson(decoder);
   if (t.config.input_layers.length !== 1) throw new Error('export: the trunk must have one input');
@@ -203,11 +203,11 @@ export function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): number {
   return tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
 }
 
-/** Exported network on pixel values (0..255) vs trainer.inference(normalize(pixels / 255)): max |diff| of the masks. */
-export function compareWithTrainer(model: tf.LayersModel, trainer: CasmTrainer, pixels: tf.Tensor4D): number {
+/** Exported network on pixel values (0..255) vs casm.inference(normalize(pixels / 255)): max |diff| of the masks. */
+export function compareWithModel(model: tf.LayersModel, casm: CasmModel, pixels: tf.Tensor4D): number {
   const exported = model.predict(pixels) as tf.Tensor4D;
   const x = tf.tidy(() => normalize(tf.div(pixels, 255)));
-  const { masks, logits } = trainer.inference(x);
+  const { masks, logits } = casm.inference(x);
   try {
     return maxAbsDiff(exported, masks);
   } finally {
@@ -331,11 +331,8 @@ export interface ExportResult {
 export async function exportMasker(o: ExportOptions): Promise<ExportResult> {
   const log = o.log ?? (() => {});
   const quantization = o.quantization ?? 'none';
-  const ckpt = resolveCheckpoint(o.checkpoint);
-  const state = readCheckpointState(ckpt);
-  const trainer = new CasmTrainer(state.config);
-  await loadCheckpoint(ckpt, trainer, state);
-  const model = await buildMaskNetwork(trainer);
+  const { model: casm, dir: ckpt, state } = loadCasmModel(o.checkpoint);
+  const model = await buildMaskNetwork(casm);
   try {
     const size = state.config.arch.inputSize;
     let exportCheck: MaskerMeta['exportCheck'] = null;
@@ -343,7 +340,7 @@ export async function exportMasker(o: ExportOptions): Promise<ExportResult> {
     if (n > 0) {
       const pixels = tf.tidy(() => tf.floor(tf.randomUniform([n, size, size, 3], 0, 256, 'float32', 7))) as tf.Tensor4D;
       try {
-        exportCheck = { images: n, maxAbsDiff: compareWithTrainer(model, trainer, pixels) };
+        exportCheck = { images: n, maxAbsDiff: compareWithModel(model, casm, pixels) };
       } finally {
         pixels.dispose();
       }
@@ -383,7 +380,7 @@ export async function exportMasker(o: ExportOptions): Promise<ExportResult> {
     return { dir, meta, shards };
   } finally {
     model.dispose();
-    trainer.dispose();
+    casm.dispose();
   }
 }
 
