@@ -80,14 +80,13 @@ export class CasmTrainer {
   private warmup(x: tf.Tensor4D, y: tf.Tensor1D): StepStats {
     const lr = this.scheduleLearningRates();
     const [loss, acc] = tf.tidy(() => {
-      let logits!: tf.Tensor2D;
-      const value = this.classifierUpdate(() => {
-        logits = tf.keep((this.classifier.apply(this.noisy(x), { training: true }) as tf.Tensor[])[5] as tf.Tensor2D);
-        return crossEntropy(logits, y);
+      const { loss, aside: logits } = this.classifierUpdate(() => {
+        const logits = tf.keep(this.model.classify(this.noisy(x), true).logits);
+        return { loss: crossEntropy(logits, y), aside: logits };
       });
       const acc = tf.mean(correct(logits, y));
       logits.dispose();
-      return tf.stack([value, acc]).dataSync();
+      return tf.stack([loss, acc]).dataSync();
     });
     this.step += 1;
     return {
@@ -126,36 +125,8 @@ export class CasmTrainer {
         const choice = this.pool.choose(this.rng);
 
         // 1-2. Features and logits of f_k, masks, and the classifier update on clean + masked-out images.
-        let features: tf.Tensor[] = [];
-        let cleanLogits!: tf.Tensor2D;
-        let masks!: tf.Tensor4D;
-        const forward = (training: boolean, input: tf.Tensor4D) => {
-          const out = this.classifier.apply(input, { training }) as tf.Tensor[];
-          features = out.slice(0, 5).map(keep);
-          cleanLogits = keep(out[5] as tf.Tensor2D);
-          masks = keep(stopGradient(this.masker.apply(x, features, true)));
-        };
-        const maskedOut = (m: tf.Tensor4D) => tf.mul(tf.sub(1, m), x) as tf.Tensor4D;
-        let clsLoss: tf.Scalar;
-        if (cfg.thinning === 'F') {
-          // The classifier-dependent baseline: f_0 is fixed, it only provides features.
-          forward(false, x);
-          clsLoss = classifierLoss(cleanLogits, (this.classifier.apply(maskedOut(masks)) as tf.Tensor[])[5] as tf.Tensor2D, y);
-        } else if (cfg.classifierStep === 'joint') {
-          clsLoss = this.classifierUpdate(() => {
-            forward(true, this.noisy(x));
-            return classifierLoss(cleanLogits, this.classifyMasked(this.noisy(maskedOut(masks))), y);
-          });
-        } else {
-          // Reference code: a clean step, then a masked step only if the current classifier is f'.
-          clsLoss = this.classifierUpdate(() => {
-            forward(true, this.noisy(x));
-            return crossEntropy(cleanLogits, y);
-          });
-          if (choice.kind === 'current') {
-            this.classifierUpdate(() => crossEntropy(this.classifyMasked(this.noisy(maskedOut(masks))), y));
-          }
-        }
+        const { loss: clsLoss, aside: clean } = this.classifierStep(x, y, choice, keep);
+        const { features, logits: cleanLogits } = clean;
         const cleanCorrect = correct(cleanLogits, y);
         // The images the masker's terms count (c_b of the score).
         const counted = cfg.maskerImages === 'all' ? tf.onesLike(cleanCorrect) : cleanCorrect;
@@ -166,18 +137,19 @@ export class CasmTrainer {
         // 4. Masker update: masks recomputed under the tape (same weights, same input, same masks),
         // scored by f' as it is now. The decoder's BN statistics were updated by step 1 already.
         const scorer = this.scorer(choice);
-        let parts!: ReturnType<typeof maskerLoss>;
-        let maskedCorrect!: tf.Tensor1D;
-        const { value: mLoss, grads } = withFrozenStatistics(this.masker.models, () =>
-          tf.variableGrads(() => {
+        const {
+          value: mLoss,
+          grads,
+          aside: { parts, maskedCorrect },
+        } = withFrozenStatistics(this.masker.models, () =>
+          gradsWith(() => {
             const m = this.masker.apply(x, features, true);
-            const maskedLogits = scorer(maskedOut(m));
+            const maskedLogits = scorer(maskedOut(x, m));
             // The masked-in pass leaves the classifier's BatchNorm statistics as they were.
             const maskedInLogits = cfg.maskTerms.maskedIn > 0 ? scorer(tf.mul(m, x) as tf.Tensor4D, true) : null;
-            parts = maskerLoss(maskedLogits, y, counted, m, cfg.lambdaR, cfg.score, cfg.maskTerms, maskedInLogits);
+            const parts = maskerLoss(maskedLogits, y, counted, m, cfg.lambdaR, cfg.score, cfg.maskTerms, maskedInLogits);
             [parts.area, parts.entropy, parts.gated, parts.tv, parts.maskedIn].forEach(keep);
-            maskedCorrect = keep(correct(maskedLogits, y));
-            return parts.loss;
+            return { loss: parts.loss, aside: { parts, maskedCorrect: keep(correct(maskedLogits, y)) } };
           }, variables(this.masker.trainableWeights)),
         );
         this.checkFinite(mLoss, 'masker loss');
@@ -241,12 +213,54 @@ export class CasmTrainer {
     });
   }
 
-  /** One SGD step of the classifier on `loss`; returns the loss (before the step). */
-  private classifierUpdate(loss: () => tf.Scalar): tf.Scalar {
-    const { value, grads } = tf.variableGrads(loss, variables(this.classifier.trainableWeights));
+  /**
+   * Steps 1-2 of the iteration: f_k's features and logits of x, the masks they give (no gradient
+   * to the masker), and the classifier's update, one of three variants.
+   */
+  private classifierStep(x: tf.Tensor4D, y: tf.Tensor1D, choice: PoolChoice, keep: Keep): { loss: tf.Scalar; aside: CleanPass } {
+    if (this.config.thinning === 'F') return this.fixedClassifier(x, y, keep);
+    return this.config.classifierStep === 'joint' ? this.jointClassifierStep(x, y, keep) : this.twoClassifierSteps(x, y, choice, keep);
+  }
+
+  /** Thinning F, the classifier-dependent baseline: f_0 is fixed, it only provides features (its loss is reported). */
+  private fixedClassifier(x: tf.Tensor4D, y: tf.Tensor1D, keep: Keep): { loss: tf.Scalar; aside: CleanPass } {
+    const clean = this.cleanPass(x, false, x, keep);
+    return { loss: classifierLoss(clean.logits, this.model.classify(maskedOut(x, clean.masks), false).logits, y), aside: clean };
+  }
+
+  /** One step on the loss of the clean and the masked-out image together (the paper's). */
+  private jointClassifierStep(x: tf.Tensor4D, y: tf.Tensor1D, keep: Keep): { loss: tf.Scalar; aside: CleanPass } {
+    return this.classifierUpdate(() => {
+      const clean = this.cleanPass(this.noisy(x), true, x, keep);
+      return { loss: classifierLoss(clean.logits, this.classifyMasked(this.noisy(maskedOut(x, clean.masks))), y), aside: clean };
+    });
+  }
+
+  /** The reference code's: a clean step, then a masked step only if the current classifier is f'. */
+  private twoClassifierSteps(x: tf.Tensor4D, y: tf.Tensor1D, choice: PoolChoice, keep: Keep): { loss: tf.Scalar; aside: CleanPass } {
+    const first = this.classifierUpdate(() => {
+      const clean = this.cleanPass(this.noisy(x), true, x, keep);
+      return { loss: crossEntropy(clean.logits, y), aside: clean };
+    });
+    if (choice.kind === 'current') {
+      this.classifierUpdate(() => ({ loss: crossEntropy(this.classifyMasked(this.noisy(maskedOut(x, first.aside.masks))), y), aside: null }));
+    }
+    return first;
+  }
+
+  /** The classifier on `input` (features and logits kept) and the masks of x decoded from its features. */
+  private cleanPass(input: tf.Tensor4D, training: boolean, x: tf.Tensor4D, keep: Keep): CleanPass {
+    const { features, logits } = this.model.classify(input, training);
+    const kept = features.map(keep);
+    return { features: kept, logits: keep(logits), masks: keep(stopGradient(this.masker.apply(x, kept, true))) };
+  }
+
+  /** One SGD step of the classifier on f's loss; returns the loss (before the step) and what f set aside. */
+  private classifierUpdate<T>(f: () => { loss: tf.Scalar; aside: T }): { loss: tf.Scalar; aside: T } {
+    const { value, grads, aside } = gradsWith(f, variables(this.classifier.trainableWeights));
     this.checkFinite(value, 'classifier loss');
     this.applyGradients(this.classifierOpt, this.classifier.trainableWeights, grads, 0);
-    return value;
+    return { loss: value, aside };
   }
 
   /** The function giving f' logits: the current classifier (training mode, as the reference) or a snapshot. */
@@ -255,7 +269,7 @@ export class CasmTrainer {
       return (img, keepStatistics) => this.classifyMasked(img, keepStatistics);
     }
     const model = this.loadSnapshot(this.pool.snapshots[choice.index]);
-    return (img) => (model.apply(img, { training: false }) as tf.Tensor[])[5] as tf.Tensor2D;
+    return (img) => (model.apply(img, { training: false }) as tf.Tensor[])[5] as tf.Tensor2D; // a snapshot: a plain ResNet
   }
 
   /**
@@ -265,7 +279,7 @@ export class CasmTrainer {
    * features.
    */
   private classifyMasked(img: tf.Tensor4D, keepStatistics = this.config.bnStatistics === 'clean'): tf.Tensor2D {
-    const run = () => (this.classifier.apply(img, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D;
+    const run = () => this.model.classify(img, true).logits;
     return keepStatistics ? withFrozenStatistics([this.classifier], run) : run();
   }
 
@@ -316,6 +330,33 @@ export class CasmTrainer {
 }
 
 /** The engine variables behind layer weights (LayerVariable.read() is typed as a plain Tensor). */
+/** Registers a tensor to outlive the iteration's tidy scopes (freed when the iteration ends). */
+type Keep = <T extends tf.Tensor>(t: T) => T;
+
+/** Steps 1-2's forward pass: f_k's five feature maps and logits of the image, the masks from them. */
+interface CleanPass {
+  features: tf.Tensor4D[];
+  logits: tf.Tensor2D;
+  masks: tf.Tensor4D;
+}
+
+/** The image with the mask's pixels removed: (1 - m) x. */
+const maskedOut = (x: tf.Tensor4D, m: tf.Tensor4D) => tf.mul(tf.sub(1, m), x) as tf.Tensor4D;
+
+/**
+ * tf.variableGrads of f's loss, returning also what f set aside beside it (tensors f kept: the
+ * gradient's tidy scope frees the rest). The one place a loss closure hands values out.
+ */
+function gradsWith<T>(f: () => { loss: tf.Scalar; aside: T }, vars: tf.Variable[]): { value: tf.Scalar; grads: tf.NamedTensorMap; aside: T } {
+  let aside: { value: T } | null = null;
+  const { value, grads } = tf.variableGrads(() => {
+    const r = f();
+    aside = { value: r.aside };
+    return r.loss;
+  }, vars);
+  return { value, grads, aside: aside!.value };
+}
+
 function variables(weights: tf.LayerVariable[]): tf.Variable[] {
   return weights.map((w) => w.read() as tf.Variable);
 }
