@@ -44,12 +44,13 @@ test('small-photos preset on photo objects: trained from shards, evaluated on se
     'train', '--preset', 'small-photos', '--data', join(set, 'shards', 'train-000000.tar'), '--synsets', join(set, 'classes.txt'),
     '--val', join(set, 'shards', 'val-000000.tar'), '--boxes', join(set, 'val_xml'),
     '--width', '4', '--input-size', '32', '--decoder-width', '4', '--batch-size', '4', '--warmup-steps', '2', '--max-steps', '5',
-    '--lambda-in', '0.5', '--color-jitter', '0.3', '--workers', '1', '--out', run,
+    '--lambda-in', '0.25', '--color-jitter', '0.3', '--workers', '1', '--out', run,
   );
   assert.equal(r.code, 0, r.err);
   const preset = PRESETS['small-photos'];
   const config = readCheckpointState(resolveCheckpoint(run)).config;
-  assert.deepEqual(config.maskTerms, { tv: preset.lambdaTv, maskedIn: 0.5 });
+  assert.notEqual(preset.lambdaIn, 0.25);
+  assert.deepEqual(config.maskTerms, { tv: preset.lambdaTv, maskedIn: 0.25 });
   assert.equal(config.arch.classes, 3, 'a 3-way classifier for 3 synsets');
   assert.deepEqual([config.optim.classifierLr, config.optim.lrDecayEpochs, config.thinning], [preset.classifierLr, preset.lrDecayEpochs, 'L100']);
   assert.match(r.out, new RegExp(`RandomResizedCrop 32 \\(area ${preset.cropScale}-1\\) \\+ flip \\+ ColorJitter 0.3`));
