@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { defaultTrainConfig, type TrainConfig } from '../src/casm/config.js';
-import { runTraining, type RunOptions } from '../src/casm/train.js';
+import { runTraining, type RunOptions } from '../src/train/train.js';
 import * as tf from '@tensorflow/tfjs';
 import { CheckpointError, loadCasmModel, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
 import { readSafetensors } from '../src/io/safetensors.js';

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
 import { CasmTrainer } from '../src/casm/trainer.js';
-import { loadDigits } from '../src/casm/trainData.js';
+import { loadDigits } from '../src/data/trainData.js';
 import { loadCheckpoint, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
 import { toBatch } from '../src/data/batches.js';
 import { webDatasetEntries, writeTar } from '../src/data/tar.js';

@@ -17,7 +17,7 @@ import { extname, join, normalize, sep } from 'node:path';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
 import { loadCluttered } from '../src/data/clutteredMnist.js';
-import { maskBox } from '../src/eval/localization.js';
+import { maskBox } from '../src/boxes.js';
 import { exportMasker, loadMaskNetwork } from '../src/export/exportMasker.js';
 import { REPO_ROOT } from '../src/version.js';
 import { useTestBackend } from './helpers/backend.js';

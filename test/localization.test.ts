@@ -1,21 +1,8 @@
 /** Box extraction, IoU and localisation error on hand-made masks with known answers. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import {
-  binarize,
-  binarizeTopK,
-  centreBox,
-  f1Scores,
-  iou,
-  isHit,
-  largestComponentBox,
-  LocalizationTally,
-  scoreMask,
-  localizationError,
-  maskBox,
-  maskStats,
-  type Box,
-} from '../src/eval/localization.js';
+import { binarize, binarizeTopK, centreBox, iou, isHit, largestComponentBox, localizationError, maskBox, type Box } from '../src/boxes.js';
+import { f1Scores, LocalizationTally, scoreMask, maskStats } from '../src/eval/localization.js';
 
 /** Builds an h x w binary image from rows of '#' and '.'. */
 function grid(rows: string[]): { b: Uint8Array; h: number; w: number } {

@@ -10,7 +10,7 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { defaultTrainConfig } from '../src/casm/config.js';
-import { runTraining, type RunOptions } from '../src/casm/train.js';
+import { runTraining, type RunOptions } from '../src/train/train.js';
 import type { CasmTrainer } from '../src/casm/trainer.js';
 import { readCheckpointState, saveCheckpoint } from '../src/checkpoints/checkpoint.js';
 import { LOCK_FILE, lockRun, RunLockError } from '../src/checkpoints/runLock.js';

@@ -19,7 +19,7 @@ import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync
 import { join } from 'node:path';
 import { architectureKey, type TrainConfig } from '../casm/config.js';
 import { NO_MASK_TERMS } from '../casm/score.js';
-import type { DataPlan } from '../casm/trainData.js';
+import type { DataPlan } from '../data/trainData.js';
 import type { CasmTrainer } from '../casm/trainer.js';
 import { CasmModel } from '../models/casmModel.js';
 import { DEFAULT_MASKER } from '../models/masker.js';

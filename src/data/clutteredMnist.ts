@@ -420,5 +420,3 @@ export async function loadCluttered(input: ClutteredInput, cacheDir = defaultCac
   saveCluttered(set, path);
   return set;
 }
-
-export { toBatch, batchIndices } from './batches.js';

@@ -25,7 +25,7 @@ import { Progress } from '../log/progress.js';
 import { openEvalData, type EvalDataOptions } from './evalData.js';
 import { barChartPng } from './figures.js';
 import { DEFAULT_RADIUS, inpaintTelea } from './inpaint.js';
-import { binarize, binarizeTopK, type Binarization } from './localization.js';
+import { binarize, binarizeTopK, type Binarization } from '../boxes.js';
 import { buildMethods, EvalUsageError, loadModels } from './methods.js';
 import { markdownTable, provenance, provenanceLines, writeReport, type Provenance } from './report.js';
 import { checkShard, firstExamples, problemsRecord, readShares, SHARE_FILE, writeShare, type ExampleCodec, type ProblemsRecord, type ShareCommon, type Shard } from './shares.js';

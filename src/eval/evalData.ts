@@ -4,12 +4,12 @@
  * says (spec section 4: short side to the input size, centre crop; or a stretch). Streams, so
  * ImageNet's 50,000 validation images never sit in memory at once.
  */
-import { BUILTIN_DATA, digitBoxes, loadDigits } from '../casm/trainData.js';
+import { BUILTIN_DATA, digitBoxes, loadDigits } from '../data/trainData.js';
 import { toBatch } from '../data/batches.js';
 import { countShard, openDataset, type Dataset } from '../data/dataset.js';
 import { DataLoader } from '../data/loader.js';
 import type { Problem, Problems } from '../data/samples.js';
-import type { Box } from './localization.js';
+import type { Box } from '../boxes.js';
 
 export interface EvalBatch {
   /** n x size x size x 3 float32, ImageNet-normalised. */

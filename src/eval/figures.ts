@@ -6,7 +6,7 @@
 import sharp from 'sharp';
 import { colorize, overlay, SEPARATOR, tile } from '../explain/display.js';
 import { GT_COLOR, PRED_COLOR } from '../log/maskGrid.js';
-import type { Box } from './localization.js';
+import type { Box } from '../boxes.js';
 
 export interface BarChart {
   title: string;

@@ -12,7 +12,7 @@ import { Classifier } from '../explain/classifier.js';
 import { buildExplainer, METHODS as EXPLAIN_METHODS, parseMethods, type ExplainerOptions, type Method as ExplainMethod } from '../explain/explainCommand.js';
 import { checkMasksFinite, loadMaskNetwork, type MaskerMeta } from '../export/exportMasker.js';
 import type { CasmModel } from '../models/casmModel.js';
-import { centreBox } from './localization.js';
+import { centreBox } from '../boxes.js';
 
 export const EVAL_METHODS = [...EXPLAIN_METHODS, 'full', 'centre'] as const;
 export type EvalMethod = (typeof EVAL_METHODS)[number];

@@ -3,7 +3,7 @@
  * export, the browser page). The in-memory models are freed; only the run directory remains.
  */
 import { defaultTrainConfig } from '../../src/casm/config.js';
-import { runTraining } from '../../src/casm/train.js';
+import { runTraining } from '../../src/train/train.js';
 
 export interface TinyRun {
   /** Canvas and input size (64: the digits are 20-40 px). */

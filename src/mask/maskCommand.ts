@@ -18,14 +18,14 @@ import * as tf from '@tensorflow/tfjs';
 import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { denormalize } from '../data/normalize.js';
-import { maskBox, type Box } from '../eval/localization.js';
+import { maskBox, type Box } from '../boxes.js';
 import { colorize, imagesToRgb, overlay, png } from '../explain/display.js';
 import { expandInputs, loadImages, uniqueStems } from '../explain/images.js';
 import { countShard, openDataset } from '../data/dataset.js';
 import { DataLoader } from '../data/loader.js';
 import type { ProblemKind } from '../data/samples.js';
 import { formatDuration } from '../log/progress.js';
-import { checkMasksFinite, loadMaskNetwork } from './exportMasker.js';
+import { checkMasksFinite, loadMaskNetwork } from '../export/exportMasker.js';
 
 /** A wrong path or option: the CLI turns it into a usage error (exit code 2). */
 export class MaskUsageError extends Error {}

@@ -5,13 +5,13 @@
  * resumed run as to an uninterrupted one.
  */
 import * as tf from '@tensorflow/tfjs';
-import { loadCluttered, type ClutteredSet } from '../data/clutteredMnist.js';
-import { toBatch } from '../data/batches.js';
-import { countShard, openDataset, type DatasetOptions } from '../data/dataset.js';
-import { DataLoader, type HostBatch } from '../data/loader.js';
-import type { Problem, Problems } from '../data/samples.js';
-import type { Augmentation } from '../data/decode.js';
-import type { Box } from '../eval/localization.js';
+import { loadCluttered, type ClutteredSet } from './clutteredMnist.js';
+import { toBatch } from './batches.js';
+import { countShard, openDataset, type DatasetOptions } from './dataset.js';
+import { DataLoader, type HostBatch } from './loader.js';
+import type { Problem, Problems } from './samples.js';
+import type { Augmentation } from './decode.js';
+import type { Box } from '../boxes.js';
 import { Rng, seedFrom } from '../util/rng.js';
 
 export interface TrainBatch {

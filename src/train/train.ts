@@ -8,16 +8,16 @@ import { join } from 'node:path';
 import { CheckpointError, loadCheckpoint, readCheckpointState, removeLeftovers, resolveCheckpoint, saveCheckpoint, type RunRecord } from '../checkpoints/checkpoint.js';
 import { lockRun } from '../checkpoints/runLock.js';
 import { denormalize } from '../data/normalize.js';
-import { centreBox, localizationError, maskBox, type Box } from '../eval/localization.js';
+import { centreBox, localizationError, maskBox, type Box } from '../boxes.js';
 import { maskGridPng } from '../log/maskGrid.js';
 import { Progress } from '../log/progress.js';
 import { SummaryWriter } from '../log/tensorboard.js';
 import { loadClassifierWeights } from '../models/weights.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
-import { architectureKey, type TrainConfig } from './config.js';
-import { openTrainData, type DataPlan, type HeldOut, type TrainData } from './trainData.js';
-import { HealthWatch } from './divergence.js';
-import { CasmTrainer, type StepStats } from './trainer.js';
+import { architectureKey, type TrainConfig } from '../casm/config.js';
+import { openTrainData, type DataPlan, type HeldOut, type TrainData } from '../data/trainData.js';
+import { HealthWatch } from '../casm/divergence.js';
+import { CasmTrainer, type StepStats } from '../casm/trainer.js';
 
 export interface RunOptions {
   config: TrainConfig;
