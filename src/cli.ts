@@ -22,11 +22,11 @@ import { readCheckpointState, resolveCheckpoint } from './checkpoints/checkpoint
 import { assertUnlocked } from './checkpoints/runLock.js';
 import { BACKEND_CHOICES, defaultTrainingPath, initEngine, TRAINING_PATHS, type BackendChoice, type TrainingPath } from './engine/engine.js';
 import { COLORMAPS } from './explain/display.js';
-import { explainCommand, ExplainUsageError, METHODS, parseMethods, type ExplainOptions, type Method } from './explain/explainCommand.js';
+import { explainCommand, METHODS, parseMethods, type ExplainOptions, type Method } from './explain/explainCommand.js';
 import { SMOOTHGRAD_DEFAULTS } from './explain/smoothGrad.js';
 import { exportMasker, QUANTIZATIONS, type Quantization } from './export/exportMasker.js';
-import { maskCommand, MaskUsageError } from './mask/maskCommand.js';
-import { expandInputs, ImageInputError } from './explain/images.js';
+import { maskCommand } from './mask/maskCommand.js';
+import { expandInputs } from './explain/images.js';
 import { DIGITS_EVAL_COUNT, type EvalDataOptions } from './eval/evalData.js';
 import { BINARIZATIONS, type Binarization } from './boxes.js';
 import { evalClassifiers, evalClassifiersShard, mergeClassifiers, type ClassifiersOptions } from './eval/classifiersCommand.js';
@@ -35,9 +35,10 @@ import { evalLocalization, evalLocalizationShard, mergeLocalization, TARGETS, ty
 import { shareKind, type Shard } from './eval/shares.js';
 import { runSweep } from './eval/sweep.js';
 import { runUnseen, TRAININGS } from './eval/unseen.js';
-import { DEFAULT_METHODS, EVAL_METHODS, EvalUsageError, parseEvalMethods, type EvalMethod } from './eval/methods.js';
+import { DEFAULT_METHODS, EVAL_METHODS, parseEvalMethods, type EvalMethod } from './eval/methods.js';
 import { MASK_STRIDES, type MaskStride, type Upsample } from './models/masker.js';
 import { PROJECT_VERSION } from './version.js';
+import { UsageError } from './util/usageError.js';
 
 /** A named training recipe: what the options that are not given default to. */
 export interface Preset {
@@ -551,10 +552,10 @@ export function buildProgram(argv: string[] = []): Command {
     .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'))
     .action(async (images: string[], o: Omit<ExplainOptions, 'images' | 'methods' | 'log'> & { method: Method[]; backend: BackendChoice }) => {
       requirePaths({ '--checkpoint': o.checkpoint });
-      const files = await usage(() => expandInputs(images));
+      const files = await expandInputs(images);
       const log = (line: string) => console.log(line);
       await initEngine(o.backend, log);
-      await usage(() => explainCommand({ ...o, images: files, methods: o.method, log }));
+      await explainCommand({ ...o, images: files, methods: o.method, log });
     });
   program
     .command('export')
@@ -597,7 +598,7 @@ export function buildProgram(argv: string[] = []): Command {
       const log = (line: string) => console.log(line);
       await initEngine(o.backend, log);
       const { data, shardIndex, numShards, workers, ...rest } = o;
-      await usage(() => maskCommand({ ...rest, inputs: images, ...(data !== undefined ? { data: { spec: data, shardIndex, numShards, workers } } : {}), log }));
+      await maskCommand({ ...rest, inputs: images, ...(data !== undefined ? { data: { spec: data, shardIndex, numShards, workers } } : {}), log });
     });
   const evaluate = program.command('eval').description('evaluate masks: localisation (spec section 4)');
   withShardOptions(withEvalDataOptions(evaluate.command('localization')))
@@ -657,8 +658,8 @@ export function buildProgram(argv: string[] = []): Command {
         argv,
         log,
       };
-      if (shard === null) await usage(() => evalLocalization(options));
-      else await usage(() => evalLocalizationShard(options, shard));
+      if (shard === null) await evalLocalization(options);
+      else await evalLocalizationShard(options, shard);
     });
   evaluate
     .command('merge')
@@ -667,10 +668,8 @@ export function buildProgram(argv: string[] = []): Command {
     .requiredOption('--out <dir>', 'directory for report.json, report.md and the figures')
     .action(async (dirs: string[], o: { out: string }) => {
       const log = (line: string) => console.log(line);
-      await usage(async () => {
-        if (shareKind(dirs[0]!) === 'localization') await mergeLocalization(dirs, o.out, argv, log);
-        else await mergeClassifiers(dirs, o.out, argv, log);
-      });
+      if (shareKind(dirs[0]!) === 'localization') await mergeLocalization(dirs, o.out, argv, log);
+      else await mergeClassifiers(dirs, o.out, argv, log);
     });
   withShardOptions(withEvalDataOptions(evaluate.command('classifiers')))
     .description("top-1/top-5 of classifiers on clean, masked-in, masked-out and inpainted (Telea) images, masks by a run's masker; report.json, report.md, top1.png, examples.png")
@@ -699,8 +698,8 @@ export function buildProgram(argv: string[] = []): Command {
         argv,
         log,
       };
-      if (shard === null) await usage(() => evalClassifiers(options));
-      else await usage(() => evalClassifiersShard(options, shard));
+      if (shard === null) await evalClassifiers(options);
+      else await evalClassifiersShard(options, shard);
     });
   const experiment = program.command('experiment').description('experiments of the paper (spec section 4)');
   withExperimentOptions(withTrainOptions(experiment.command('unseen')))
@@ -881,16 +880,6 @@ function evalDataOptions(o: EvalCliOptions): Omit<EvalDataOptions, 'size' | 'onP
   };
 }
 
-/** Runs a command's work; the usage errors of its modules (a bad input path, a method the models cannot run...) exit with code 2. */
-async function usage<T>(run: () => T | Promise<T>): Promise<T> {
-  try {
-    return await run();
-  } catch (e) {
-    const usageErrors = [EvalUsageError, ExplainUsageError, MaskUsageError, ImageInputError];
-    throw usageErrors.some((k) => e instanceof k) ? new UsageError((e as Error).message) : e;
-  }
-}
-
 interface MaskCliOptions {
   model: string;
   out: string;
@@ -904,9 +893,6 @@ interface MaskCliOptions {
   workers: number;
   backend: BackendChoice;
 }
-
-/** A wrong invocation: exit code 2, like commander's own errors. */
-export class UsageError extends Error {}
 
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram(argv.slice(2));

@@ -26,10 +26,11 @@ import { openEvalData, type EvalDataOptions } from './evalData.js';
 import { barChartPng } from './figures.js';
 import { DEFAULT_RADIUS, inpaintTelea } from './inpaint.js';
 import { binarize, binarizeTopK, type Binarization } from '../boxes.js';
-import { buildMethods, EvalUsageError, loadModels } from './methods.js';
+import { buildMethods, loadModels } from './methods.js';
 import { markdownTable, provenance, provenanceLines, writeReport, type Provenance } from './report.js';
 import { checkShard, firstExamples, problemsRecord, readShares, SHARE_FILE, writeShare, type ExampleCodec, type ProblemsRecord, type ShareCommon, type Shard } from './shares.js';
 import { sha256File } from '../util/sha256.js';
+import { UsageError } from '../util/usageError.js';
 
 export const CONDITIONS = ['clean', 'masked-in', 'masked-out', 'inpainted'] as const;
 export type Condition = (typeof CONDITIONS)[number];
@@ -114,7 +115,7 @@ interface Loaded {
 }
 
 async function loadClassifier(path: string, size: number): Promise<Loaded> {
-  if (!existsSync(path)) throw new EvalUsageError(`--classifiers ${path}: no such file or directory`);
+  if (!existsSync(path)) throw new UsageError(`--classifiers ${path}: no such file or directory`);
   let loaded: Loaded;
   if (existsSync(join(path, 'model.json'))) {
     const model = await readLayersModel(path);
@@ -127,7 +128,7 @@ async function loadClassifier(path: string, size: number): Promise<Loaded> {
   const [h, w, c] = loaded.classifier.inputShape;
   if (h !== size || w !== size || c !== 3) {
     loaded.dispose();
-    throw new EvalUsageError(`--classifiers ${path}: input ${h}x${w}x${c}, the masks are ${size}x${size}x3`);
+    throw new UsageError(`--classifiers ${path}: input ${h}x${w}x${c}, the masks are ${size}x${size}x3`);
   }
   return loaded;
 }

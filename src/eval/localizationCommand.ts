@@ -20,8 +20,9 @@ import { barChartPng, exampleGridPng, type ExampleRow } from './figures.js';
 import { type Binarization } from '../boxes.js';
 import { LocalizationTally, scoreMask, type MaskScore, type MethodResult } from './localization.js';
 import { checkShard, firstExamples, problemsRecord, readShares, SHARE_FILE, writeShare, type ExampleCodec, type ShareCommon, type Shard } from './shares.js';
-import { buildMethods, EvalUsageError, loadModels, type EvalMethod, type MaskMethod, type Models } from './methods.js';
+import { buildMethods, loadModels, type EvalMethod, type MaskMethod, type Models } from './methods.js';
 import { markdownTable, provenance, provenanceLines, writeReport, type Provenance } from './report.js';
+import { UsageError } from '../util/usageError.js';
 
 /**
  * The class a gradient method explains: the label, the classifier's top-1, or (`auto`) the label
@@ -113,7 +114,7 @@ async function comparedMaskers(runs: string[], size: number, taken: string[]): P
     for (const run of runs) {
       const m = await loadModels(run, undefined);
       models.push(m);
-      if (m.size !== size) throw new EvalUsageError(`--compare ${run}: input ${m.size}px differs from the evaluated models' ${size}px`);
+      if (m.size !== size) throw new UsageError(`--compare ${run}: input ${m.size}px differs from the evaluated models' ${size}px`);
       const base = `casm-${m.checkpoint!.state.config.thinning}`;
       let name = base;
       for (let k = 2; taken.includes(name); k++) name = `${base}-${k}`;

@@ -13,13 +13,12 @@ import { buildExplainer, METHODS as EXPLAIN_METHODS, parseMethods, type Explaine
 import { checkMasksFinite, loadMaskNetwork, type MaskerMeta } from '../export/exportMasker.js';
 import type { CasmModel } from '../models/casmModel.js';
 import { centreBox } from '../boxes.js';
+import { UsageError } from '../util/usageError.js';
 
 export const EVAL_METHODS = [...EXPLAIN_METHODS, 'full', 'centre'] as const;
 export type EvalMethod = (typeof EVAL_METHODS)[number];
 export const DEFAULT_METHODS: EvalMethod[] = ['casm', 'gradcam', 'smoothgrad', 'vanilla', 'full', 'centre'];
 
-/** A wrong method list or a method the given model cannot run: a usage error (exit 2). */
-export class EvalUsageError extends Error {}
 
 export const parseEvalMethods = (spec: string): EvalMethod[] => parseMethods(spec, EVAL_METHODS);
 
@@ -44,7 +43,7 @@ export interface Models {
 }
 
 export async function loadModels(checkpoint: string | undefined, exportedDir: string | undefined): Promise<Models> {
-  if (checkpoint === undefined && exportedDir === undefined) throw new EvalUsageError('give --checkpoint <run or checkpoint dir> and/or --model <exported dir>');
+  if (checkpoint === undefined && exportedDir === undefined) throw new UsageError('give --checkpoint <run or checkpoint dir> and/or --model <exported dir>');
   let casm: CasmModel | null = null;
   let ckpt: Models['checkpoint'] = null;
   if (checkpoint !== undefined) {
@@ -55,7 +54,7 @@ export async function loadModels(checkpoint: string | undefined, exportedDir: st
   const exported = exportedDir === undefined ? null : { dir: exportedDir, ...(await loadMaskNetwork(exportedDir)) };
   const size = casm?.arch.inputSize ?? exported!.meta.input.height;
   if (exported && exported.meta.input.height !== size) {
-    throw new EvalUsageError(`--model ${exportedDir}: input ${exported.meta.input.height}x${exported.meta.input.width} differs from the checkpoint's ${size}x${size}`);
+    throw new UsageError(`--model ${exportedDir}: input ${exported.meta.input.height}x${exported.meta.input.width} differs from the checkpoint's ${size}x${size}`);
   }
   return {
     size,
@@ -119,7 +118,7 @@ export function buildMethods(methods: EvalMethod[], models: Models, o: Explainer
         }
         break;
     }
-    if (casm === null || classifier === null) throw new EvalUsageError(`method '${name}' needs a checkpoint's classifier: give --checkpoint`);
+    if (casm === null || classifier === null) throw new UsageError(`method '${name}' needs a checkpoint's classifier: give --checkpoint`);
     const explainer = buildExplainer(name as ExplainMethod, casm, classifier, o);
     return { name, masks: (x, labels) => fromTensor(explainer.explain(x, Array.from(labels)).maps) };
   });

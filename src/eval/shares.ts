@@ -11,8 +11,8 @@ import type { Problems } from '../data/samples.js';
 import { encodeSafetensors, parseSafetensors } from '../io/safetensors.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
 import { sha256 } from '../util/sha256.js';
-import { EvalUsageError } from './methods.js';
 import { engineText, type Provenance } from './report.js';
+import { UsageError } from '../util/usageError.js';
 
 export const SHARE_FILE = 'share.json';
 const EXAMPLES_FILE = 'examples.safetensors';
@@ -63,7 +63,7 @@ type ShareFile = { format: string; version: number; kind: ShareKind; examplesSha
 /** Throws unless `shard` is one of 0..count-1. */
 export function checkShard(shard: Shard): void {
   if (!Number.isInteger(shard.index) || !Number.isInteger(shard.count) || shard.index < 0 || shard.index >= shard.count) {
-    throw new EvalUsageError(`--shard-index ${shard.index} --num-shards ${shard.count}: the index must be 0..${shard.count - 1}`);
+    throw new UsageError(`--shard-index ${shard.index} --num-shards ${shard.count}: the index must be 0..${shard.count - 1}`);
   }
 }
 
@@ -98,25 +98,25 @@ export function shareKind(dir: string): ShareKind {
 
 function readShareFile(dir: string): ShareFile {
   const path = join(dir, SHARE_FILE);
-  if (!existsSync(path)) throw new EvalUsageError(`${dir}: no ${SHARE_FILE}: not a finished shard of 'casm eval localization|classifiers --num-shards'`);
+  if (!existsSync(path)) throw new UsageError(`${dir}: no ${SHARE_FILE}: not a finished shard of 'casm eval localization|classifiers --num-shards'`);
   let file: ShareFile;
   try {
     file = JSON.parse(readFileSync(path, 'utf8')) as ShareFile;
   } catch (e) {
-    throw new EvalUsageError(`${path}: not a share: ${(e as Error).message}`);
+    throw new UsageError(`${path}: not a share: ${(e as Error).message}`);
   }
   if (file.format !== SHARE_FORMAT || file.version !== SHARE_VERSION || !SHARE_KINDS.includes(file.kind)) {
-    throw new EvalUsageError(`${path}: not an evaluation share of this version (format ${file.format}, version ${file.version}, kind ${file.kind})`);
+    throw new UsageError(`${path}: not an evaluation share of this version (format ${file.format}, version ${file.version}, kind ${file.kind})`);
   }
   return file;
 }
 
 function readShare<E extends object, S extends ShareCommon<object, E>>(dir: string, kind: ShareKind, codec: ExampleCodec<E>): S {
   const file = readShareFile(dir);
-  if (file.kind !== kind) throw new EvalUsageError(`${dir}: a share of 'eval ${file.kind}', not of 'eval ${kind}'`);
+  if (file.kind !== kind) throw new UsageError(`${dir}: a share of 'eval ${file.kind}', not of 'eval ${kind}'`);
   const pixelsPath = join(dir, EXAMPLES_FILE);
   const bytes = existsSync(pixelsPath) ? readFileSync(pixelsPath) : null;
-  if (bytes === null || sha256(bytes) !== file.examplesSha256) throw new EvalUsageError(`${pixelsPath}: missing or not the one ${join(dir, SHARE_FILE)} was written with`);
+  if (bytes === null || sha256(bytes) !== file.examplesSha256) throw new UsageError(`${pixelsPath}: missing or not the one ${join(dir, SHARE_FILE)} was written with`);
   const { tensors } = parseSafetensors(bytes, pixelsPath);
   const share = file.share as S;
   return {
@@ -124,7 +124,7 @@ function readShare<E extends object, S extends ShareCommon<object, E>>(dir: stri
     examples: share.examples.map((meta, k) => ({
       ...codec.restore(meta, (name) => {
         const t = tensors.get(`${k}/${name}`);
-        if (!t) throw new EvalUsageError(`${pixelsPath}: no tensor ${k}/${name}`);
+        if (!t) throw new UsageError(`${pixelsPath}: no tensor ${k}/${name}`);
         return t.data;
       }),
       index: meta.index,
@@ -138,32 +138,32 @@ function readShare<E extends object, S extends ShareCommon<object, E>>(dir: stri
  * same engine and the same images read.
  */
 export function readShares<E extends object, S extends ShareCommon<object, E>>(dirs: string[], kind: ShareKind, codec: ExampleCodec<E>): S[] {
-  if (dirs.length === 0) throw new EvalUsageError('give the directories of the shards to merge');
+  if (dirs.length === 0) throw new UsageError('give the directories of the shards to merge');
   const shares = dirs.map((d) => readShare<E, S>(d, kind, codec));
   const [first] = shares as [S];
   const count = first.shard.count;
   const byIndex = new Map<number, string>();
   shares.forEach((s, i) => {
-    if (s.shard.count !== count) throw new EvalUsageError(`${dirs[0]} is shard ${first.shard.index} of ${count}, ${dirs[i]} shard ${s.shard.index} of ${s.shard.count}`);
+    if (s.shard.count !== count) throw new UsageError(`${dirs[0]} is shard ${first.shard.index} of ${count}, ${dirs[i]} shard ${s.shard.index} of ${s.shard.count}`);
     const other = byIndex.get(s.shard.index);
-    if (other !== undefined) throw new EvalUsageError(`shard ${s.shard.index} of ${count} given twice: ${other} and ${dirs[i]}`);
+    if (other !== undefined) throw new UsageError(`shard ${s.shard.index} of ${count} given twice: ${other} and ${dirs[i]}`);
     byIndex.set(s.shard.index, dirs[i]!);
     const setups = [first.setup, s.setup] as Record<string, unknown>[];
     for (const key of new Set([...Object.keys(setups[0]!), ...Object.keys(setups[1]!)])) {
       const [a, b] = setups.map((x) => JSON.stringify(x[key]) ?? 'nothing');
-      if (a !== b) throw new EvalUsageError(`${dirs[0]} and ${dirs[i]} are not shards of one evaluation: their ${key} differs (${clip(a!)} against ${clip(b!)})`);
+      if (a !== b) throw new UsageError(`${dirs[0]} and ${dirs[i]} are not shards of one evaluation: their ${key} differs (${clip(a!)} against ${clip(b!)})`);
     }
     if (engineText(s.provenance) !== engineText(first.provenance)) {
-      throw new EvalUsageError(`${dirs[0]} and ${dirs[i]} were scored by different engines (${engineText(first.provenance)} against ${engineText(s.provenance)}): their figures would not be one run's`);
+      throw new UsageError(`${dirs[0]} and ${dirs[i]} were scored by different engines (${engineText(first.provenance)} against ${engineText(s.provenance)}): their figures would not be one run's`);
     }
     // Where and what, not the decoder's words: libvips words one corrupt JPEG differently from run to run.
     const seen = (p: ProblemsRecord) => JSON.stringify([p.count, p.byKind, p.first.map((l) => l.split(': ').slice(0, 2).join(': '))]);
     if (s.read !== first.read || seen(s.problems) !== seen(first.problems)) {
-      throw new EvalUsageError(`${dirs[0]} and ${dirs[i]} read different data (${first.read} images, ${first.problems.count} problems against ${s.read}, ${s.problems.count})`);
+      throw new UsageError(`${dirs[0]} and ${dirs[i]} read different data (${first.read} images, ${first.problems.count} problems against ${s.read}, ${s.problems.count})`);
     }
   });
   const missing = Array.from({ length: count }, (_, i) => i).filter((i) => !byIndex.has(i));
-  if (missing.length > 0) throw new EvalUsageError(`shard${missing.length > 1 ? 's' : ''} ${missing.join(', ')} of ${count} missing (given: ${dirs.join(', ')})`);
+  if (missing.length > 0) throw new UsageError(`shard${missing.length > 1 ? 's' : ''} ${missing.join(', ')} of ${count} missing (given: ${dirs.join(', ')})`);
   return shares.sort((a, b) => a.shard.index - b.shard.index);
 }
 

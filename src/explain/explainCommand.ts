@@ -19,12 +19,11 @@ import { GradCam } from './gradCam.js';
 import { loadImages, uniqueStems } from './images.js';
 import { SmoothGrad } from './smoothGrad.js';
 import { GradientTimesInput, VanillaGradient } from './vanilla.js';
+import { UsageError } from '../util/usageError.js';
 
 export const METHODS = ['casm', 'gradcam', 'smoothgrad', 'vanilla', 'gradxinput'] as const;
 export type Method = (typeof METHODS)[number];
 
-/** A bad method, layer or target: the CLI turns it into a usage error (exit code 2). */
-export class ExplainUsageError extends Error {}
 
 /** 'all' or a comma-separated list of `valid` names; an unknown name lists the valid ones. */
 export function parseMethods<T extends string>(spec: string, valid: readonly T[] = METHODS as readonly string[] as readonly T[]): T[] {
@@ -32,7 +31,7 @@ export function parseMethods<T extends string>(spec: string, valid: readonly T[]
   if (names.includes('all')) return [...valid];
   for (const n of names) {
     if (!(valid as readonly string[]).includes(n)) {
-      throw new ExplainUsageError(`unknown method '${n}': valid methods are ${[...valid, 'all'].join(', ')}`);
+      throw new UsageError(`unknown method '${n}': valid methods are ${[...valid, 'all'].join(', ')}`);
     }
   }
   return [...new Set(names)] as T[];
@@ -90,10 +89,10 @@ export async function explainCommand(o: ExplainOptions): Promise<ExplainResult> 
   try {
     const classifier = new Classifier(casm.classifier);
     if (o.target !== undefined && !(Number.isInteger(o.target) && o.target >= 0 && o.target < classifier.classes)) {
-      throw new ExplainUsageError(`--target ${o.target}: target class ${o.target} is outside the model's range 0..${classifier.classes - 1}`);
+      throw new UsageError(`--target ${o.target}: target class ${o.target} is outside the model's range 0..${classifier.classes - 1}`);
     }
     if (o.layer !== undefined && !classifier.spatialLayers.has(o.layer)) {
-      throw new ExplainUsageError(`--layer ${o.layer}: unknown layer; valid layers are ${[...classifier.spatialLayers.keys()].join(', ')}`);
+      throw new UsageError(`--layer ${o.layer}: unknown layer; valid layers are ${[...classifier.spatialLayers.keys()].join(', ')}`);
     }
     const explainers = o.methods.map((m) => buildExplainer(m, casm, classifier, o));
     const cam = explainers.find((e): e is GradCam => e instanceof GradCam);

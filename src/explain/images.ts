@@ -9,15 +9,14 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, extname, join } from 'node:path';
 import sharp from 'sharp';
 import { normalize } from '../data/normalize.js';
+import { UsageError } from '../util/usageError.js';
 
-/** A path given as an input that is missing, or inputs that hold no file: a usage error. */
-export class ImageInputError extends Error {}
 
-/** Files and folders (each contributes its files, sorted, hidden ones skipped) -> files; a missing path or no file at all is an ImageInputError. */
+/** Files and folders (each contributes its files, sorted, hidden ones skipped) -> files; a missing path or no file at all is a UsageError. */
 export function expandInputs(inputs: string[]): string[] {
   const files: string[] = [];
   for (const p of inputs) {
-    if (!existsSync(p)) throw new ImageInputError(`${p}: no such file or directory`);
+    if (!existsSync(p)) throw new UsageError(`${p}: no such file or directory`);
     if (statSync(p).isDirectory()) {
       const inside = readdirSync(p)
         .filter((f) => !f.startsWith('.'))
@@ -29,7 +28,7 @@ export function expandInputs(inputs: string[]): string[] {
       files.push(p);
     }
   }
-  if (files.length === 0) throw new ImageInputError(`no image files in ${inputs.join(', ')}`);
+  if (files.length === 0) throw new UsageError(`no image files in ${inputs.join(', ')}`);
   return files;
 }
 

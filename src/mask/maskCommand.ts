@@ -26,9 +26,8 @@ import { DataLoader } from '../data/loader.js';
 import type { ProblemKind } from '../data/samples.js';
 import { formatDuration } from '../log/progress.js';
 import { checkMasksFinite, loadMaskNetwork } from '../export/exportMasker.js';
+import { UsageError } from '../util/usageError.js';
 
-/** A wrong path or option: the CLI turns it into a usage error (exit code 2). */
-export class MaskUsageError extends Error {}
 
 export interface MaskOptions {
   /** A directory written by `casm export`. */
@@ -163,7 +162,7 @@ export async function maskCommand(o: MaskOptions): Promise<MaskResult> {
   const { model, meta } = await loadMaskNetwork(o.model);
   const h = meta.input.height;
   const w = meta.input.width;
-  if (o.data && h !== w) throw new MaskUsageError(`${o.model}: --data needs a square model input, this one is ${w}x${h}`);
+  if (o.data && h !== w) throw new UsageError(`${o.model}: --data needs a square model input, this one is ${w}x${h}`);
   let source: ImageSource | null = null;
   try {
     source = o.data ? await shardSource(o.data, h, o.batchSize) : fileSource(o.inputs, h, w, o.batchSize);
