@@ -10,7 +10,8 @@ import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { BN_STATISTICS, defaultTrainConfig, DEFAULT_OPTIM, MASKER_IMAGES, type BnStatistics, type ClassifierStep, type MaskerImages, type TrainConfig } from './casm/config.js';
 import { THINNINGS, type Thinning } from './casm/pool.js';
-import { defaultLambda, SCORES, type Score } from './casm/score.js';
+import { SCORES, type Score } from './casm/score.js';
+import { PRESET_NAMES, PRESETS, type Preset, type PresetName } from './casm/presets.js';
 import { runTraining } from './train/train.js';
 import { BUILTIN_DATA, type DataPlan } from './data/trainData.js';
 import { readSynsetList } from './data/imageFolder.js';
@@ -41,95 +42,6 @@ import { PROJECT_VERSION } from './version.js';
 import { UsageError } from './util/usageError.js';
 
 /** A named training recipe: what the options that are not given default to. */
-export interface Preset {
-  depths: number[];
-  width: number;
-  inputSize: number;
-  classes: number;
-  batchSize: number;
-  epochs: number;
-  epochFraction: number;
-  warmupSteps: number;
-  classifierLr: number;
-  maskerLr: number;
-  lrDecayEpochs: number;
-  /** Mask terms beyond the paper's objective (0: off). */
-  lambdaTv: number;
-  lambdaIn: number;
-  /** RandomResizedCrop's smallest area share (shards). */
-  cropScale: number;
-  /** ColorJitter strength (shards; 0: off). */
-  colorJitter: number;
-  bnStatistics: BnStatistics;
-  maskerImages: MaskerImages;
-}
-
-/** The paper's objective and the reference's augmentation and BatchNorm statistics. */
-const PAPER_TRAINING = { lambdaTv: 0, lambdaIn: 0, cropScale: 0.08, colorJitter: 0, bnStatistics: 'all', maskerImages: 'correct' } as const;
-
-export const PRESETS = {
-  /** The built-in digits demo: a small ResNet on 64px canvases, sized to train in minutes on 2 cores. */
-  digits: {
-    depths: [1, 1, 1, 1],
-    width: 16,
-    inputSize: 64,
-    classes: 10,
-    batchSize: 32,
-    epochs: 1,
-    epochFraction: 1,
-    // From scratch the classifier must be good before the masker can be scored against it.
-    warmupSteps: 400,
-    classifierLr: 0.05,
-    maskerLr: 1e-3,
-    lrDecayEpochs: 20,
-    ...PAPER_TRAINING,
-  },
-  /** Shards (ImageNet): the spec's ResNet-50, the reference schedule (section 2.5), the paper's objective. */
-  imagenet: {
-    depths: [3, 4, 6, 3],
-    width: 64,
-    inputSize: 224,
-    classes: 1000,
-    batchSize: 128,
-    epochs: 60,
-    epochFraction: 0.2,
-    warmupSteps: 0,
-    classifierLr: 1e-3,
-    maskerLr: 1e-3,
-    lrDecayEpochs: 20,
-    ...PAPER_TRAINING,
-  },
-  /**
-   * Small real-photo sets trained from scratch (a few thousand images, 128 px, 2 cores, under an
-   * hour; README "A recipe for small real-photo sets"): the classifier is trained alone until it
-   * is worth fooling, crops keep most of the object, and the masked-in and smoothness terms make
-   * the mask cover the object instead of its most telling part.
-   */
-  'small-photos': {
-    depths: [1, 1, 1, 1],
-    width: 32,
-    inputSize: 128,
-    classes: 1000,
-    batchSize: 32,
-    // 40 epochs of the classifier alone (of 2,500 images at batch 32), then 10 of CASM.
-    epochs: 50,
-    epochFraction: 1,
-    warmupSteps: 3120,
-    classifierLr: 0.03,
-    maskerLr: 1e-3,
-    lrDecayEpochs: 45,
-    lambdaTv: 10,
-    // 0.5 and 0.25 localise seen classes better than 1 (0.605, 0.610 against 0.662) and unseen ones as well (0.683 all three); 0 loses the unseen classes (0.758).
-    lambdaIn: 0.5,
-    cropScale: 0.25,
-    colorJitter: 0,
-    bnStatistics: 'clean',
-    maskerImages: 'correct',
-  },
-} satisfies Record<string, Preset>;
-export type PresetName = keyof typeof PRESETS;
-const PRESET_NAMES = Object.keys(PRESETS) as PresetName[];
-
 /** The preset a run uses: the one named, else digits for the built-in data and imagenet for shards. */
 function presetOf(o: { preset?: PresetName; data: string }): Preset {
   return PRESETS[o.preset ?? (o.data === BUILTIN_DATA ? 'digits' : 'imagenet')];
@@ -245,7 +157,8 @@ export function trainConfigFrom(o: TrainOptions, classes: number): TrainConfig {
     masker: { decoderWidth: o.decoderWidth, upsample: o.upsample, shareEncoder: o.shareEncoder, stride: o.decoderStride },
     thinning: o.thinning,
     score: o.score,
-    lambdaR: o.lambdaR ?? defaultLambda(o.thinning, o.score, classes),
+    // Unset: defaultTrainConfig's, from the thinning, score and class count.
+    ...(o.lambdaR !== undefined ? { lambdaR: o.lambdaR } : {}),
     maskTerms: { tv: o.lambdaTv ?? p.lambdaTv, maskedIn: o.lambdaIn ?? p.lambdaIn },
     bnStatistics: o.bnStatistics ?? p.bnStatistics,
     maskerImages: o.maskerImages ?? p.maskerImages,

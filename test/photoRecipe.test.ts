@@ -18,7 +18,7 @@ import { useTestBackend } from './helpers/backend.js';
 import { inProcessCli } from './helpers/cli.js';
 
 const backend = await useTestBackend();
-const { PRESETS } = await import('../src/cli.js');
+const { PRESETS } = await import('../src/casm/presets.js');
 const casm = inProcessCli(backend);
 const repo = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const root = mkdtempSync(join(tmpdir(), 'casm-photo-recipe-'));
