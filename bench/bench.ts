@@ -72,15 +72,38 @@ function runOurs(mode: Mode): Result {
 
 /** One mode of the PyTorch reference (its own child process), same shapes and counts. */
 function runReference(mode: Mode): { environment: { torch: string; threads: number }; result: Result } {
-  const refArgs = ['--json', '--mode', mode, '--batch', String(batch), '--size', String(size), '--steps', String(steps), '--warmup', String(warmup), '--depths', arch.depths.join(','), '--width', String(arch.width)];
-  const out = JSON.parse(execFileSync(python, [join(REPO_ROOT, 'bench', 'reference', 'casm_iteration.py'), ...refArgs], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }));
+  const refArgs = [
+    '--json',
+    '--mode',
+    mode,
+    '--batch',
+    String(batch),
+    '--size',
+    String(size),
+    '--steps',
+    String(steps),
+    '--warmup',
+    String(warmup),
+    '--depths',
+    arch.depths.join(','),
+    '--width',
+    String(arch.width),
+  ];
+  const out = JSON.parse(
+    execFileSync(python, [join(REPO_ROOT, 'bench', 'reference', 'casm_iteration.py'), ...refArgs], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }),
+  );
   return { environment: out.environment, result: out.results[mode] };
 }
 
-const runs = Object.fromEntries((Object.keys(MODES) as Mode[]).map((m) => [m, { ours: [] as Result[], ref: [] as Result[] }])) as Record<Mode, { ours: Result[]; ref: Result[] }>;
+const runs = Object.fromEntries((Object.keys(MODES) as Mode[]).map((m) => [m, { ours: [] as Result[], ref: [] as Result[] }])) as Record<
+  Mode,
+  { ours: Result[]; ref: Result[] }
+>;
 let torch: { torch: string; threads: number } | null = null;
 const show = (who: string, round: number, mode: Mode, r: Result) =>
-  console.log(`round ${round} ${who} ${MODES[mode]}: ${r.img_per_s.toFixed(3)} img/s (${r.ms_per_iteration.toFixed(0)} ms/iteration), peak RSS ${r.peak_rss_mb.toFixed(0)} MB`);
+  console.log(
+    `round ${round} ${who} ${MODES[mode]}: ${r.img_per_s.toFixed(3)} img/s (${r.ms_per_iteration.toFixed(0)} ms/iteration), peak RSS ${r.peak_rss_mb.toFixed(0)} MB`,
+  );
 for (let round = 1; round <= bench.rounds; round++) {
   for (const mode of Object.keys(MODES) as Mode[]) {
     runs[mode].ours.push(runOurs(mode));
@@ -136,6 +159,8 @@ writeFileSync(
     '| what | ours img/s | PyTorch img/s | ratio | ratio per round | ours peak RSS MB | PyTorch peak RSS MB |',
     '|---|---|---|---|---|---|---|',
     ...(Object.keys(MODES) as Mode[]).map(row),
-  ].join('\n') + '\n' + history,
+  ].join('\n') +
+    '\n' +
+    history,
 );
 console.log('written: bench/results.md');

@@ -63,7 +63,13 @@ const { values: opt } = parseArgs({
   },
 });
 if (opt.help) {
-  console.log(readFileSync(new URL(import.meta.url), 'utf8').split('*/')[0]!.replace(/^\/\*\*\n/, '').replace(/^ \* ?/gm, '').trimEnd());
+  console.log(
+    readFileSync(new URL(import.meta.url), 'utf8')
+      .split('*/')[0]!
+      .replace(/^\/\*\*\n/, '')
+      .replace(/^ \* ?/gm, '')
+      .trimEnd(),
+  );
   process.exit(0);
 }
 const forCommon: string[] = [];
@@ -410,9 +416,7 @@ const cell = (s: string, n: number) => s.padStart(n);
 console.log(`\n   ${cell('workers', 16)} ${cell('decode img/s', 13)} ${cell('training img/s', 15)} ${cell('decode/training', 16)}`);
 for (const r of decoded) {
   const label = `${r.workers}${r.workers === 0 ? ' (main thread)' : ''}${r.workers === defaultWorkers ? ' *' : ''}`;
-  console.log(
-    `   ${cell(label, 16)} ${cell(r.rate.toFixed(1), 13)} ${cell(trainRate.toFixed(2), 15)} ${cell(`${(r.rate / trainRate).toFixed(1)}x`, 16)}`,
-  );
+  console.log(`   ${cell(label, 16)} ${cell(r.rate.toFixed(1), 13)} ${cell(trainRate.toFixed(2), 15)} ${cell(`${(r.rate / trainRate).toFixed(1)}x`, 16)}`);
 }
 const atDefault = decoded.find((r) => r.workers === defaultWorkers);
 console.log(`   * casm train's default --workers here (min(4, cores) = ${defaultWorkers})`);
@@ -479,4 +483,8 @@ if (rows.length > 1) summarise(rows.slice(1), `steps 2-${rows.length} (pipeline 
       `a fed/alone difference inside that range is run-to-run noise, not contention)`,
   );
 }
-console.log(`\nload average ${loadavg().map((l) => l.toFixed(2)).join(' ')} at the end (this process included; other busy processes would distort every figure above)`);
+console.log(
+  `\nload average ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ')} at the end (this process included; other busy processes would distort every figure above)`,
+);

@@ -59,7 +59,9 @@ try {
       `${label.padEnd(40)} ${perSec(ms).toFixed(3).padStart(9)} masks/s  ${ms.toFixed(0).padStart(7)} ms/batch  ` +
         `exported masker / this: ${(ms / exported).toFixed(2).padStart(7)} x the masks/s`,
     );
-  console.log(`${'exported masker (model.json, predict)'.padEnd(40)} ${perSec(exported).toFixed(3).padStart(9)} masks/s  ${exported.toFixed(0).padStart(7)} ms/batch`);
+  console.log(
+    `${'exported masker (model.json, predict)'.padEnd(40)} ${perSec(exported).toFixed(3).padStart(9)} masks/s  ${exported.toFixed(0).padStart(7)} ms/batch`,
+  );
   row(`Grad-CAM (${cam.layer})`, gradcam);
   row(`SmoothGrad(vanilla), n=${samples}`, smooth);
   tf.dispose([pixels, x]);

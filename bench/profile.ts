@@ -64,7 +64,9 @@ const info = await tf.profile(() => void trainer.iteration(x, y));
 const wall = performance.now() - t0;
 // Kernel times nest (fusedConv2d__op contains FusedConv2D): the total counts both.
 const { rows, total } = tally(info.kernels.map((k) => [k.name, typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0]));
-console.log(`one CASM iteration, tfjs kernels: ${info.kernels.length} kernels, ${total.toFixed(0)} ms in kernels, ${wall.toFixed(0)} ms wall (profiling adds overhead)`);
+console.log(
+  `one CASM iteration, tfjs kernels: ${info.kernels.length} kernels, ${total.toFixed(0)} ms in kernels, ${wall.toFixed(0)} ms wall (profiling adds overhead)`,
+);
 console.log('| kernel | calls | ms | share |\n|---|---|---|---|');
 for (const [name, e] of rows.slice(0, 25)) {
   console.log(`| ${name} | ${e.calls} | ${e.ms.toFixed(0)} | ${((100 * e.ms) / total).toFixed(1)}% |`);

@@ -53,9 +53,7 @@ const set = await loadCluttered(opts, dir);
 const ms = performance.now() - t0;
 const counts = new Array(10).fill(0);
 for (const l of set.labels) counts[l]++;
-console.log(
-  `${cached ? 'loaded' : 'generated'} ${set.n} samples ${set.size}x${set.size} (${opts.split}) in ${ms.toFixed(0)} ms -> ${path}`,
-);
+console.log(`${cached ? 'loaded' : 'generated'} ${set.n} samples ${set.size}x${set.size} (${opts.split}) in ${ms.toFixed(0)} ms -> ${path}`);
 console.log(`label counts 0..9: ${counts.join(' ')}`);
 
 if (values.preview) {
@@ -64,7 +62,10 @@ if (values.preview) {
   const { maskGridPng } = await import(join(root, 'dist', 'src', 'log', 'maskGrid.js'));
   const rows = Math.min(32, set.n);
   const s = set.size;
-  const x = tf.tensor4d(Float32Array.from(set.images.subarray(0, rows * s * s), (v) => v / 255), [rows, s, s, 1]);
+  const x = tf.tensor4d(
+    Float32Array.from(set.images.subarray(0, rows * s * s), (v) => v / 255),
+    [rows, s, s, 1],
+  );
   const m = tf.ones([rows, s, s, 1]);
   const { png, width, height } = await maskGridPng(x, m, { maxRows: rows, scale: 2, gtBoxes: set.boxes });
   writeFileSync(values.preview, png);

@@ -18,7 +18,12 @@ export function scriptArgs(scriptUrl, options) {
   if (values.help) {
     const header = readFileSync(path, 'utf8').split('\n').slice(1);
     const end = header.findIndex((l) => !l.startsWith('//'));
-    console.log(header.slice(0, end < 0 ? header.length : end).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+    console.log(
+      header
+        .slice(0, end < 0 ? header.length : end)
+        .map((l) => l.replace(/^\/\/ ?/, ''))
+        .join('\n'),
+    );
     process.exit(0);
   }
   return values;

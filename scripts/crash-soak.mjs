@@ -16,11 +16,32 @@ const { values: args } = parseArgs({
 });
 const kills = Number(args.kills);
 let rng = Number(args.seed) >>> 0 || 1;
-const random = () => ((rng = (Math.imul(rng, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+const random = () => (rng = (Math.imul(rng, 1664525) + 1013904223) >>> 0) / 2 ** 32;
 
 const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'src', 'cli.js');
-const TRAIN = ['train', '--train-count', '640', '--val-count', '8', '--batch-size', '8', '--width', '4', '--input-size', '32',
-  '--warmup-steps', '5', '--epochs', '10', '--max-steps', '400', '--checkpoint-every', '3', '--log-every', '1000'];
+const TRAIN = [
+  'train',
+  '--train-count',
+  '640',
+  '--val-count',
+  '8',
+  '--batch-size',
+  '8',
+  '--width',
+  '4',
+  '--input-size',
+  '32',
+  '--warmup-steps',
+  '5',
+  '--epochs',
+  '10',
+  '--max-steps',
+  '400',
+  '--checkpoint-every',
+  '3',
+  '--log-every',
+  '1000',
+];
 rmSync(args.out, { recursive: true, force: true });
 mkdirSync(args.out, { recursive: true });
 const straight = join(args.out, 'straight');
@@ -51,7 +72,7 @@ const stepOf = (dir) => (existsSync(join(dir, 'latest')) ? readFileSync(join(dir
 let killed = 0;
 for (let i = 0; i < kills; i++) {
   // From engine start-up to a sixth of the run past it: the kills land all along the run.
-  const delay = Math.round(1000 + random() * (straightSeconds * 1000) / 6);
+  const delay = Math.round(1000 + (random() * (straightSeconds * 1000)) / 6);
   const a = await attempt(delay);
   if (a.signal === 'SIGKILL') killed++;
   else if (a.code !== 0) throw new Error(`attempt ${i + 1} exited ${a.code}: ${a.err}`);

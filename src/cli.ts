@@ -8,7 +8,16 @@ import { existsSync, realpathSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { BN_STATISTICS, defaultTrainConfig, DEFAULT_OPTIM, MASKER_IMAGES, type BnStatistics, type ClassifierStep, type MaskerImages, type TrainConfig } from './casm/config.js';
+import {
+  BN_STATISTICS,
+  defaultTrainConfig,
+  DEFAULT_OPTIM,
+  MASKER_IMAGES,
+  type BnStatistics,
+  type ClassifierStep,
+  type MaskerImages,
+  type TrainConfig,
+} from './casm/config.js';
 import { THINNINGS, type Thinning } from './casm/pool.js';
 import { SCORES, type Score } from './casm/score.js';
 import { PRESET_NAMES, PRESETS, type Preset, type PresetName } from './casm/presets.js';
@@ -226,15 +235,20 @@ function withTrainOptions(cmd: Command): Command {
     .option('--shuffle-buffer <n>', 'samples held for shuffling after the shard-order shuffle', int(0), 1000)
     .option('--prefetch <batches>', 'batches the workers may decode ahead of training', int(1), 4)
     .option('--crop-scale <min>', `shards: smallest area share of RandomResizedCrop${presetHelp('cropScale')}`, num(0.01, 1))
-    .option('--color-jitter <s>', `shards: ColorJitter strength, brightness / contrast / saturation factors in [1-s, 1+s]; 0 = off${presetHelp('colorJitter')}`, num(0, 1))
+    .option(
+      '--color-jitter <s>',
+      `shards: ColorJitter strength, brightness / contrast / saturation factors in [1-s, 1+s]; 0 = off${presetHelp('colorJitter')}`,
+      num(0, 1),
+    )
     .option('--epoch-fraction <f>', `share of the training set per epoch${presetHelp('epochFraction')}`, num(1e-9, 1))
     .option('--shard-index <i>', "this job's share of the shards: those with index % num-shards == i", int(0), 0)
     .option('--num-shards <n>', 'jobs the shards are split across', int(1), 1)
     .option('--out <dir>', 'run directory for checkpoints, event files and figures (default: checkpoints/<thinning>-<score>)')
     .addOption(
-      new Option('--preset <name>', "the defaults of every option below: 'digits' (built-in data), 'imagenet' (shards; the spec), 'small-photos' (small real-photo sets from scratch)").choices(
-        PRESET_NAMES,
-      ),
+      new Option(
+        '--preset <name>',
+        "the defaults of every option below: 'digits' (built-in data), 'imagenet' (shards; the spec), 'small-photos' (small real-photo sets from scratch)",
+      ).choices(PRESET_NAMES),
     )
     .option('--depths <a,b,c,d>', `bottleneck blocks per ResNet stage${presetHelp('depths')}`, intList)
     .option('--width <n>', `ResNet stem width${presetHelp('width')}`, int(1))
@@ -242,7 +256,10 @@ function withTrainOptions(cmd: Command): Command {
     .option('--decoder-width <n>', 'channels of each decoder branch', int(1), 64)
     .addOption(new Option('--upsample <mode>', 'decoder upsampling').choices(['nearest', 'bilinear', 'deconv']).default('nearest'))
     .addOption(
-      new Option('--decoder-stride <n>', `the mask is made at 1/n of the input side from the feature maps no finer than that: ${MASK_STRIDES.join(', ')} (4: the reference, every map)`)
+      new Option(
+        '--decoder-stride <n>',
+        `the mask is made at 1/n of the input side from the feature maps no finer than that: ${MASK_STRIDES.join(', ')} (4: the reference, every map)`,
+      )
         .default(4)
         .argParser(stride),
     )
@@ -253,7 +270,10 @@ function withTrainOptions(cmd: Command): Command {
     .option('--lambda-tv <x>', `weight of the masks' total variation (mean squared neighbour difference); 0 = off, the paper${presetHelp('lambdaTv')}`, num(0))
     .option('--lambda-in <x>', `weight of the masked-in term CE(f'(m * x), y) on clean-correct images; 0 = off, the paper${presetHelp('lambdaIn')}`, num(0))
     .addOption(
-      new Option('--bn-statistics <images>', `what the classifier's BatchNorm moving statistics average: 'all' its training-mode inputs, masked-out ones too (the reference), or 'clean' images only${presetHelp('bnStatistics')}`).choices(BN_STATISTICS),
+      new Option(
+        '--bn-statistics <images>',
+        `what the classifier's BatchNorm moving statistics average: 'all' its training-mode inputs, masked-out ones too (the reference), or 'clean' images only${presetHelp('bnStatistics')}`,
+      ).choices(BN_STATISTICS),
     )
     .addOption(
       new Option(
@@ -262,9 +282,7 @@ function withTrainOptions(cmd: Command): Command {
       ).choices(MASKER_IMAGES),
     )
     .addOption(
-      new Option('--classifier-step <kind>', "classifier update: eq. 8 'joint' or the reference's 'two-step'")
-        .choices(['joint', 'two-step'])
-        .default('joint'),
+      new Option('--classifier-step <kind>', "classifier update: eq. 8 'joint' or the reference's 'two-step'").choices(['joint', 'two-step']).default('joint'),
     )
     .option('--train-noise <s>', 'Gaussian input noise level for the classifier (SmoothGrad 3.5); 0 = off', num(0, 10), 0)
     .option('--warmup-steps <n>', `iterations of classifier-only training before CASM${presetHelp('warmupSteps')}`, int(0))
@@ -287,14 +305,28 @@ function withTrainOptions(cmd: Command): Command {
     .option('--seed <n>', 'seed of every random choice', int(0), 0)
     .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'))
     .addOption(
-      new Option('--training-path <path>', "native engine: 'fused' (TensorFlow's fused kernels, lazy gradients; src/engine/) or 'composed' (tfjs's ops as written; CASM_FUSED=0 makes it the default)")
+      new Option(
+        '--training-path <path>',
+        "native engine: 'fused' (TensorFlow's fused kernels, lazy gradients; src/engine/) or 'composed' (tfjs's ops as written; CASM_FUSED=0 makes it the default)",
+      )
         .choices(TRAINING_PATHS)
         .default(defaultTrainingPath()),
     );
 }
 
 /** Options that change how a run goes, not what it computes: a resume may set them anew. */
-const RUNTIME_OPTIONS = new Set<keyof TrainOptions>(['resume', 'out', 'maxSteps', 'checkpointEvery', 'logEvery', 'imageEvery', 'workers', 'prefetch', 'backend', 'trainingPath']);
+const RUNTIME_OPTIONS = new Set<keyof TrainOptions>([
+  'resume',
+  'out',
+  'maxSteps',
+  'checkpointEvery',
+  'logEvery',
+  'imageEvery',
+  'workers',
+  'prefetch',
+  'backend',
+  'trainingPath',
+]);
 
 /**
  * The options of a resumed run: those it was started with, and this command's runtime options.
@@ -319,7 +351,8 @@ function resumedOptions(o: TrainOptions, cmd: Command, log: (line: string) => vo
     const given = cmd.getOptionValueSource(key) === 'cli';
     if (RUNTIME_OPTIONS.has(key)) {
       (runtime as Record<string, unknown>)[key] = o[key];
-      if (given && key !== 'resume' && JSON.stringify(o[key]) !== JSON.stringify(saved[key])) log(`resume: ${opt.long} ${shown(o[key])} (the run was started with ${shown(saved[key])})`);
+      if (given && key !== 'resume' && JSON.stringify(o[key]) !== JSON.stringify(saved[key]))
+        log(`resume: ${opt.long} ${shown(o[key])} (the run was started with ${shown(saved[key])})`);
     } else if (given && JSON.stringify(o[key]) !== JSON.stringify(saved[key])) {
       throw new UsageError(
         `${opt.long} ${shown(o[key])}: the run in ${dir} was started with ${shown(saved[key])}; a resume continues a run as it was started (train into a new --out to change it)`,
@@ -351,7 +384,10 @@ function checkTrainOptions(o: TrainOptions): void {
   if (o.inputSize !== undefined && o.inputSize % 32 !== 0) throw new UsageError(`--input-size ${o.inputSize}: must be a multiple of 32`);
   requirePaths({ '--resume': o.resume, '--classifier-weights': o.classifierWeights, '--synsets': o.synsets, '--boxes': o.boxes });
   // A spec that matches nothing is an error before anything starts.
-  for (const [flag, spec] of [['--data', o.data], ['--val', o.val]] as const) {
+  for (const [flag, spec] of [
+    ['--data', o.data],
+    ['--val', o.val],
+  ] as const) {
     if (spec === undefined || spec === BUILTIN_DATA) continue;
     try {
       resolveDataSpec(spec);
@@ -379,7 +415,9 @@ export function buildProgram(argv: string[] = []): Command {
       const { plan, classes } = dataPlanFrom(o);
       const config = trainConfigFrom(o, classes);
       if (plan.kind === 'shards' && !o.classifierWeights && !o.resume && config.warmupSteps === 0) {
-        log('note: no --classifier-weights and no --warmup-steps: the masker is scored against an untrained classifier (the paper starts from a pretrained ResNet-50)');
+        log(
+          'note: no --classifier-weights and no --warmup-steps: the masker is scored against an untrained classifier (the paper starts from a pretrained ResNet-50)',
+        );
       }
       await runTraining({
         config,
@@ -495,12 +533,12 @@ export function buildProgram(argv: string[] = []): Command {
     .requiredOption('--out <dir>', 'directory for masks.jsonl and the per-image files')
     .option('--png', 'write <image>-mask.png and <image>-overlay.png', false)
     .option('--npy', 'write <image>-mask.npy (float32 H x W)', false)
-    .option('--boxes', 'add each mask\'s box (largest component of mask >= mean) to masks.jsonl and the overlays', false)
+    .option('--boxes', "add each mask's box (largest component of mask >= mean) to masks.jsonl and the overlays", false)
     .option('--batch-size <n>', 'images per pass', int(1), 16)
     .addOption(new Option('--backend <name>', 'compute engine').choices(BACKEND_CHOICES).default('auto'))
     .action(async (images: string[], o: MaskCliOptions) => {
       requirePaths({ '--model': o.model });
-      if ((images.length > 0) === (o.data !== undefined)) throw new UsageError('give image files and folders, or --data <spec>, not both');
+      if (images.length > 0 === (o.data !== undefined)) throw new UsageError('give image files and folders, or --data <spec>, not both');
       if (o.data !== undefined) {
         try {
           resolveDataSpec(o.data);
@@ -519,9 +557,15 @@ export function buildProgram(argv: string[] = []): Command {
     .option('--checkpoint <dir>', "a training run or checkpoint: its classifier (gradient methods, OM) and masker ('casm')")
     .option('--model <dir>', "an exported mask network ('casm export'): used for 'casm'")
     .option('--compare <runs...>', "other CASM runs or checkpoints whose maskers are scored too, as 'casm-<thinning>' (e.g. the thinning F run)", [])
-    .option('--seen <classes>', "the classes the models were trained on (ranges like '0-9' or a file of indices or synsets): every figure for seen and unseen classes apart")
+    .option(
+      '--seen <classes>',
+      "the classes the models were trained on (ranges like '0-9' or a file of indices or synsets): every figure for seen and unseen classes apart",
+    )
     .addOption(
-      new Option('--target <class>', "what gradient methods explain: 'label', 'predicted' (top-1), or 'auto': the label on seen classes, the top-1 on unseen ones")
+      new Option(
+        '--target <class>',
+        "what gradient methods explain: 'label', 'predicted' (top-1), or 'auto': the label on seen classes, the top-1 on unseen ones",
+      )
         .choices(TARGETS)
         .default('auto'),
     )
@@ -536,44 +580,66 @@ export function buildProgram(argv: string[] = []): Command {
         })
         .default(DEFAULT_METHODS, DEFAULT_METHODS.join(',')),
     )
-    .addOption(new Option('--binarize <rule>', "mask -> binary: 'mean' (m >= alpha * mean(m)) or the reference code's 'top-k'").choices(BINARIZATIONS).default('mean'))
+    .addOption(
+      new Option('--binarize <rule>', "mask -> binary: 'mean' (m >= alpha * mean(m)) or the reference code's 'top-k'").choices(BINARIZATIONS).default('mean'),
+    )
     .option('--alpha <a>', 'threshold factor of the mean rule', num(0), 1)
     .option('--layer <name>', 'Grad-CAM layer (default: the last spatial layer, stage 4)')
     .option('--samples <n>', 'SmoothGrad noise samples', int(1), SMOOTHGRAD_DEFAULTS.samples)
     .option('--spread <s>', 'SmoothGrad noise level: sigma = spread * (max(x) - min(x))', num(0), SMOOTHGRAD_DEFAULTS.spread)
     .option('--magnitude', 'SmoothGrad: average squared gradients', false)
     .option('--examples <n>', 'rows of examples.png', int(0), 8)
-    .action(async (o: EvalCliOptions & ShardCliOptions & { checkpoint?: string; model?: string; compare: string[]; seen?: string; target: Target; methods: EvalMethod[]; binarize: Binarization; alpha: number; layer?: string; samples: number; spread: number; magnitude: boolean; examples: number; out: string }) => {
-      const shard = shardOf(o);
-      requirePaths({ '--checkpoint': o.checkpoint, '--model': o.model });
-      for (const run of o.compare) requirePaths({ '--compare': run });
-      let seen: number[] | undefined;
-      try {
-        if (o.seen !== undefined) seen = parseClasses(o.seen, o.synsets ? readSynsetList(o.synsets) : null, '--seen');
-      } catch (e) {
-        throw new UsageError((e as Error).message);
-      }
-      const log = (line: string) => console.log(line);
-      await initEngine(o.backend, log);
-      const options: LocalizationOptions = {
-        ...(o.checkpoint ? { checkpoint: o.checkpoint } : {}),
-        ...(o.model ? { model: o.model } : {}),
-        compare: o.compare,
-        ...(seen ? { seen } : {}),
-        target: o.target,
-        data: evalDataOptions(o),
-        methods: o.methods,
-        binarization: o.binarize,
-        alpha: o.alpha,
-        explainer: { ...(o.layer ? { layer: o.layer } : {}), samples: o.samples, spread: o.spread, magnitude: o.magnitude, seed: o.seed },
-        examples: o.examples,
-        out: o.out,
-        argv,
-        log,
-      };
-      if (shard === null) await evalLocalization(options);
-      else await evalLocalizationShard(options, shard);
-    });
+    .action(
+      async (
+        o: EvalCliOptions &
+          ShardCliOptions & {
+            checkpoint?: string;
+            model?: string;
+            compare: string[];
+            seen?: string;
+            target: Target;
+            methods: EvalMethod[];
+            binarize: Binarization;
+            alpha: number;
+            layer?: string;
+            samples: number;
+            spread: number;
+            magnitude: boolean;
+            examples: number;
+            out: string;
+          },
+      ) => {
+        const shard = shardOf(o);
+        requirePaths({ '--checkpoint': o.checkpoint, '--model': o.model });
+        for (const run of o.compare) requirePaths({ '--compare': run });
+        let seen: number[] | undefined;
+        try {
+          if (o.seen !== undefined) seen = parseClasses(o.seen, o.synsets ? readSynsetList(o.synsets) : null, '--seen');
+        } catch (e) {
+          throw new UsageError((e as Error).message);
+        }
+        const log = (line: string) => console.log(line);
+        await initEngine(o.backend, log);
+        const options: LocalizationOptions = {
+          ...(o.checkpoint ? { checkpoint: o.checkpoint } : {}),
+          ...(o.model ? { model: o.model } : {}),
+          compare: o.compare,
+          ...(seen ? { seen } : {}),
+          target: o.target,
+          data: evalDataOptions(o),
+          methods: o.methods,
+          binarization: o.binarize,
+          alpha: o.alpha,
+          explainer: { ...(o.layer ? { layer: o.layer } : {}), samples: o.samples, spread: o.spread, magnitude: o.magnitude, seed: o.seed },
+          examples: o.examples,
+          out: o.out,
+          argv,
+          log,
+        };
+        if (shard === null) await evalLocalization(options);
+        else await evalLocalizationShard(options, shard);
+      },
+    );
   evaluate
     .command('merge')
     .description("the report of the shards of one 'eval localization|classifiers --num-shards n' (their --out directories), exactly as one job would write it")
@@ -585,35 +651,51 @@ export function buildProgram(argv: string[] = []): Command {
       else await mergeClassifiers(dirs, o.out, argv, log);
     });
   withShardOptions(withEvalDataOptions(evaluate.command('classifiers')))
-    .description("top-1/top-5 of classifiers on clean, masked-in, masked-out and inpainted (Telea) images, masks by a run's masker; report.json, report.md, top1.png, examples.png")
+    .description(
+      "top-1/top-5 of classifiers on clean, masked-in, masked-out and inpainted (Telea) images, masks by a run's masker; report.json, report.md, top1.png, examples.png",
+    )
     .requiredOption('--checkpoint <dir>', 'the CASM run whose masker makes the masks (its own classifier is scored first)')
     .option('--model <dir>', "an exported mask network ('casm export') to use instead of the checkpoint's masker")
     .option('--classifiers <paths...>', 'other classifiers: CASM runs or checkpoints, or tfjs LayersModel directories (logits last, normalised NHWC input)', [])
-    .addOption(new Option('--binarize <rule>', 'which pixels are inpainted: the box rule\'s binary mask').choices(BINARIZATIONS).default('mean'))
+    .addOption(new Option('--binarize <rule>', "which pixels are inpainted: the box rule's binary mask").choices(BINARIZATIONS).default('mean'))
     .option('--alpha <a>', 'threshold factor of the mean rule', num(0), 1)
     .option('--radius <px>', "Telea inpainting radius (the reference code's 3)", num(1, 100), DEFAULT_RADIUS)
     .option('--examples <n>', 'rows of examples.png', int(0), 8)
-    .action(async (o: EvalCliOptions & ShardCliOptions & { checkpoint: string; model?: string; classifiers: string[]; binarize: Binarization; alpha: number; radius: number; examples: number; out: string }) => {
-      const shard = shardOf(o);
-      requirePaths({ '--checkpoint': o.checkpoint, '--model': o.model });
-      const log = (line: string) => console.log(line);
-      await initEngine(o.backend, log);
-      const options: ClassifiersOptions = {
-        checkpoint: o.checkpoint,
-        ...(o.model ? { model: o.model } : {}),
-        classifiers: o.classifiers,
-        data: evalDataOptions(o),
-        binarization: o.binarize,
-        alpha: o.alpha,
-        radius: o.radius,
-        examples: o.examples,
-        out: o.out,
-        argv,
-        log,
-      };
-      if (shard === null) await evalClassifiers(options);
-      else await evalClassifiersShard(options, shard);
-    });
+    .action(
+      async (
+        o: EvalCliOptions &
+          ShardCliOptions & {
+            checkpoint: string;
+            model?: string;
+            classifiers: string[];
+            binarize: Binarization;
+            alpha: number;
+            radius: number;
+            examples: number;
+            out: string;
+          },
+      ) => {
+        const shard = shardOf(o);
+        requirePaths({ '--checkpoint': o.checkpoint, '--model': o.model });
+        const log = (line: string) => console.log(line);
+        await initEngine(o.backend, log);
+        const options: ClassifiersOptions = {
+          checkpoint: o.checkpoint,
+          ...(o.model ? { model: o.model } : {}),
+          classifiers: o.classifiers,
+          data: evalDataOptions(o),
+          binarization: o.binarize,
+          alpha: o.alpha,
+          radius: o.radius,
+          examples: o.examples,
+          out: o.out,
+          argv,
+          log,
+        };
+        if (shard === null) await evalClassifiers(options);
+        else await evalClassifiersShard(options, shard);
+      },
+    );
   const experiment = program.command('experiment').description('experiments of the paper (spec section 4)');
   withExperimentOptions(withTrainOptions(experiment.command('unseen')))
     .description(
@@ -643,15 +725,28 @@ export function buildProgram(argv: string[] = []): Command {
         argv,
         log,
         train: (_name, classes, runDir) =>
-          trainRun(o, trainConfigFrom({ ...o, thinning }, numClasses), plan.kind === 'digits' ? { ...plan, classes } : { ...plan, trainOptions: { ...plan.trainOptions, classes: classes.join(',') } }, runDir, log),
+          trainRun(
+            o,
+            trainConfigFrom({ ...o, thinning }, numClasses),
+            plan.kind === 'digits' ? { ...plan, classes } : { ...plan, trainOptions: { ...plan.trainOptions, classes: classes.join(',') } },
+            runDir,
+            log,
+          ),
         evaluate: (runDir, out) => evaluateCasm(o, runDir, out, argv, log),
       });
     });
   withExperimentOptions(withTrainOptions(experiment.command('sweep')))
-    .description('train CASM for every thinning x score (x lambda_R) and report LE, OM, F1 and mask area of each on the validation images (experiment.json, report.md, sweep.png); resumable')
+    .description(
+      'train CASM for every thinning x score (x lambda_R) and report LE, OM, F1 and mask area of each on the validation images (experiment.json, report.md, sweep.png); resumable',
+    )
     .option('--thinnings <list>', `comma-separated: ${THINNINGS.join(', ')}`, listOf(THINNINGS), [...THINNINGS])
     .option('--scores <list>', `comma-separated: ${SCORES.join(', ')}`, listOf(SCORES), [...SCORES])
-    .option('--lambdas <list>', "comma-separated lambda_R values, each a training of every thinning x score (default: each one's preset)", (v: string) => v.split(',').map((x) => num(0)(x)), [])
+    .option(
+      '--lambdas <list>',
+      "comma-separated lambda_R values, each a training of every thinning x score (default: each one's preset)",
+      (v: string) => v.split(',').map((x) => num(0)(x)),
+      [],
+    )
     .action(async (o: ExperimentCliOptions & { thinnings: Thinning[]; scores: Score[]; lambdas: number[] }) => {
       checkExperimentOptions('sweep', o);
       if (o.lambdaR !== undefined) throw new UsageError('experiment sweep: give lambda_R values with --lambdas, not --lambda-r');
@@ -667,7 +762,14 @@ export function buildProgram(argv: string[] = []): Command {
         merge: o.merge,
         argv,
         log,
-        train: (p, runDir) => trainRun(o, trainConfigFrom({ ...o, thinning: p.thinning, score: p.score, ...(p.lambdaR === null ? {} : { lambdaR: p.lambdaR }) }, classes), plan, runDir, log),
+        train: (p, runDir) =>
+          trainRun(
+            o,
+            trainConfigFrom({ ...o, thinning: p.thinning, score: p.score, ...(p.lambdaR === null ? {} : { lambdaR: p.lambdaR }) }, classes),
+            plan,
+            runDir,
+            log,
+          ),
         evaluate: async (runDir, out) => (await evaluateCasm(o, runDir, out, argv, log)).report,
       });
     });
@@ -688,8 +790,10 @@ function withExperimentOptions(cmd: Command): Command {
 function checkExperimentOptions(name: string, o: ExperimentCliOptions): void {
   if (o.task !== undefined && o.merge) throw new UsageError(`experiment ${name}: --task runs one training, --merge none: give one of them`);
   if (o.out === undefined) throw new UsageError(`experiment ${name}: give --out <dir> (the experiment directory)`);
-  if (o.resume !== undefined || o.classes !== undefined) throw new UsageError(`experiment ${name}: the experiment chooses the classes and resumes itself (no --classes, --resume)`);
-  if (o.data !== BUILTIN_DATA && o.val === undefined) throw new UsageError(`experiment ${name}: give --val <spec> and --boxes <path>: the validation images the maskers are scored on`);
+  if (o.resume !== undefined || o.classes !== undefined)
+    throw new UsageError(`experiment ${name}: the experiment chooses the classes and resumes itself (no --classes, --resume)`);
+  if (o.data !== BUILTIN_DATA && o.val === undefined)
+    throw new UsageError(`experiment ${name}: give --val <spec> and --boxes <path>: the validation images the maskers are scored on`);
   checkTrainOptions(o);
 }
 
@@ -743,7 +847,7 @@ function withEvalDataOptions(cmd: Command): Command {
   return cmd
     .option('--data <spec>', `validation images: the built-in '${BUILTIN_DATA}' (held-out digits) or shards / an ImageFolder (spec section 5)`, BUILTIN_DATA)
     .option('--boxes <path>', 'ground-truth boxes: a folder of VOC XML files or LOC_val_solution.csv')
-    .option('--synsets <file>', 'synset list (class indices; picks each image\'s boxes)')
+    .option('--synsets <file>', "synset list (class indices; picks each image's boxes)")
     .option('--stretch', 'resize to size x size instead of short side + centre crop', false)
     .option('--limit <n>', `at most n images (${BUILTIN_DATA}: how many, default ${DIGITS_EVAL_COUNT})`, int(1))
     .option('--batch-size <n>', 'images per pass', int(1), 16)

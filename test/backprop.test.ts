@@ -29,7 +29,9 @@ test('a ResNet training step: every gradient bit-identical to tfjs, nothing leak
   const x = tf.randomNormal([4, 32, 32, 3], 0, 1, 'float32', 5);
   const labels = tf.oneHot(tf.tensor1d([1, 2, 7, 9], 'int32'), 10);
   const step = () => {
-    const { value, grads } = tf.variableGrads(() => tf.losses.softmaxCrossEntropy(labels, (model.apply(x, { training: true }) as tf.Tensor[])[5]!) as tf.Scalar);
+    const { value, grads } = tf.variableGrads(
+      () => tf.losses.softmaxCrossEntropy(labels, (model.apply(x, { training: true }) as tf.Tensor[])[5]!) as tf.Scalar,
+    );
     const out = { loss: value.dataSync()[0]!, grads: Object.entries(grads).map(([k, g]) => [k, g.dataSync() as Float32Array] as const) };
     tf.dispose([value, ...Object.values(grads)]);
     return out;
@@ -85,10 +87,15 @@ test('higher-order gradients, a gradient passed through as is, accumulation: val
   // [what, gradient, hand-derived value at v]
   const cases: [string, () => tf.Tensor, (a: number) => number][] = [
     ['d2/dx2 x^3 = 6x', () => tf.grad(tf.grad((t: tf.Tensor) => tf.sum(tf.pow(t, 3))))(x), (a) => 6 * a],
-    ['pass-through used twice: d/dx (x^2 + sin x)', () => tf.grad((t: tf.Tensor) => {
-      const p = passThrough(t);
-      return tf.sum(tf.add(tf.mul(p, p), tf.sin(p)));
-    })(x), (a) => 2 * a + Math.cos(a)],
+    [
+      'pass-through used twice: d/dx (x^2 + sin x)',
+      () =>
+        tf.grad((t: tf.Tensor) => {
+          const p = passThrough(t);
+          return tf.sum(tf.add(tf.mul(p, p), tf.sin(p)));
+        })(x),
+      (a) => 2 * a + Math.cos(a),
+    ],
   ];
   for (const [what, f, oracle] of cases) {
     const stock = withReleasing(false, () => tf.tidy(() => f().arraySync() as number[]));

@@ -116,7 +116,13 @@ test('loadCasmModel: the weights the checkpoint files hold, nothing of training 
   assert.equal(tf.memory().numTensors - before, weights);
   const x = tf.zeros([2, 32, 32, 3]) as tf.Tensor4D;
   const { masks, logits } = model.inference(x);
-  assert.deepEqual([masks.shape, logits.shape], [[2, 32, 32, 1], [2, 10]]);
+  assert.deepEqual(
+    [masks.shape, logits.shape],
+    [
+      [2, 32, 32, 1],
+      [2, 10],
+    ],
+  );
   tf.dispose([x, masks, logits]);
   model.dispose();
   assert.equal(tf.memory().numTensors, before);
@@ -130,7 +136,10 @@ test('a corrupt checkpoint is refused, naming the file', () => {
   const bytes = readFileSync(file);
   bytes[bytes.length - 3] ^= 0xff;
   writeFileSync(file, bytes);
-  assert.throws(() => readCheckpointState(bad), (e: Error) => e instanceof CheckpointError && e.message.includes(`${file}: corrupt`));
+  assert.throws(
+    () => readCheckpointState(bad),
+    (e: Error) => e instanceof CheckpointError && e.message.includes(`${file}: corrupt`),
+  );
   const state = JSON.parse(readFileSync(join(straight, 'state.json'), 'utf8')) as Record<string, unknown>;
   writeFileSync(join(bad, 'masker.safetensors'), readFileSync(join(straight, 'masker.safetensors')));
   writeFileSync(join(bad, 'state.json'), JSON.stringify({ ...state, config: {} }));
@@ -178,10 +187,16 @@ test('a diverging masker (lr 1e6) is warned about in the log and in TensorBoard;
   const res = await runTraining(options(dir, { config: cfg, logEvery: 2, maxSteps: 14, log: (l) => lines.push(l) }));
   res.trainer.dispose();
   const warnings = lines.filter((l) => l.startsWith('warning: '));
-  assert.ok(warnings.some((l) => /^warning: step \d+: masker weights have diverged \(max \|w\| = .* > 10000\)/.test(l)), lines.join('\n'));
+  assert.ok(
+    warnings.some((l) => /^warning: step \d+: masker weights have diverged \(max \|w\| = .* > 10000\)/.test(l)),
+    lines.join('\n'),
+  );
   assert.equal(readCheckpointState(res.checkpoint).step, 14);
   const tb = JSON.parse(runPython('read_events.py', [join(dir, 'tb')])) as { scalars: Record<string, [number, number][]> };
   const maxAbs = tb.scalars['health/masker_max_abs_weight']!;
   assert.ok(maxAbs.length >= 7 && Math.max(...maxAbs.map(([, v]) => v)) > 1e4, JSON.stringify(maxAbs));
-  assert.equal(tb.scalars['health/warnings']!.reduce((n, [, v]) => n + v, 0), warnings.length);
+  assert.equal(
+    tb.scalars['health/warnings']!.reduce((n, [, v]) => n + v, 0),
+    warnings.length,
+  );
 });

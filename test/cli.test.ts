@@ -24,7 +24,27 @@ test('casm train --help lists every option with its default', () => {
   const { code, out: raw } = casm('train', '--help');
   assert.equal(code, 0);
   const out = raw.replace(/\s+/g, ' '); // commander wraps lines to the terminal width
-  for (const flag of ['--thinning', '--score', '--lambda-r', '--train-noise', '--resume', '--classifier-weights', '--backend', '--no-share-encoder', '--upsample', '--warmup-steps', '--seed', '--preset', '--lambda-tv', '--lambda-in', '--bn-statistics', '--crop-scale', '--color-jitter', '--masker-images', '--decoder-stride']) {
+  for (const flag of [
+    '--thinning',
+    '--score',
+    '--lambda-r',
+    '--train-noise',
+    '--resume',
+    '--classifier-weights',
+    '--backend',
+    '--no-share-encoder',
+    '--upsample',
+    '--warmup-steps',
+    '--seed',
+    '--preset',
+    '--lambda-tv',
+    '--lambda-in',
+    '--bn-statistics',
+    '--crop-scale',
+    '--color-jitter',
+    '--masker-images',
+    '--decoder-stride',
+  ]) {
     assert.ok(out.includes(flag), `help lacks ${flag}`);
   }
   assert.match(out, /--thinning <strategy> classifier pool strategy \(choices: "F", "L", "FL", "L100", "L1000", default: "L100"\)/);
@@ -36,7 +56,26 @@ test('casm train --help lists every option with its default', () => {
 
 test('--training-path picks the training path, says so and records it in config.json; CASM_FUSED=0 makes composed the default', () => {
   const out = join(tmp, 'composed');
-  const tiny = ['--depths', '1,1,1,1', '--width', '4', '--decoder-width', '8', '--batch-size', '8', '--train-count', '64', '--val-count', '8', '--warmup-steps', '1', '--max-steps', '2', '--backend', 'tensorflow'];
+  const tiny = [
+    '--depths',
+    '1,1,1,1',
+    '--width',
+    '4',
+    '--decoder-width',
+    '8',
+    '--batch-size',
+    '8',
+    '--train-count',
+    '64',
+    '--val-count',
+    '8',
+    '--warmup-steps',
+    '1',
+    '--max-steps',
+    '2',
+    '--backend',
+    'tensorflow',
+  ];
   const r = casm('train', ...tiny, '--training-path', 'composed', '--out', out);
   assert.equal(r.code, 0, r.err);
   assert.match(r.out + r.err, /engine: backend=tensorflow .*; training: tfjs composed ops\n/);
@@ -71,15 +110,24 @@ test('bad invocations exit with code 2 and say what is wrong', () => {
     [['train', '--shard-index', '2', '--num-shards', '2'], /--shard-index 2: must be below --num-shards 2/],
     [['train', '--classes', '0-9', '--epoch-fraction', '0'], /--epoch-fraction.*expected a number in/],
     [['train', '--resume', join(tmp, 'nowhere')], /--resume .*nowhere: no such file or directory/],
-    [['train', '--data', join(tmp, 'one.tar'), '--synsets', join(tmp, 'synsets.txt'), '--num-classes', '2'], /--num-classes 2: fewer than the 3 classes of --synsets .*synsets.txt/],
+    [
+      ['train', '--data', join(tmp, 'one.tar'), '--synsets', join(tmp, 'synsets.txt'), '--num-classes', '2'],
+      /--num-classes 2: fewer than the 3 classes of --synsets .*synsets.txt/,
+    ],
     [['train', '--lambda-r', 'Infinity'], /--lambda-r <x>' argument 'Infinity' is invalid\. expected a finite number >= 0/],
     [['train', '--data', join(tmp, 'classes')], /--data: .*image folder .*classes": none of its 2 class folders holds an image file/],
     [['train', '--data', join(tmp, 'no-images')], /--data: .*no-images" is empty/],
     [['data', 'inspect', join(tmp, 'one.tar'), '--shard-index', '3', '--num-shards', '2'], /--shard-index 3: must be below --num-shards 2/],
     [['export', '--checkpoint', tmp, '--out', join(tmp, 'a-file')], /--out .*a-file: exists and is not a directory/],
     [['explain', join(tmp, 'no-images'), '--checkpoint', tmp, '--out', join(tmp, 'ex')], /no image files in .*no-images/],
-    [['experiment', 'sweep', '--thinnings', 'F,L7', '--out', join(tmp, 'sw')], /--thinnings <list>' argument 'F,L7' is invalid\. unknown 'L7': valid are F, L, FL, L100, L1000/],
-    [['experiment', 'sweep', '--scores', 'entropy,entropy', '--out', join(tmp, 'sw')], /--scores <list>' argument 'entropy,entropy' is invalid\. an item is given twice/],
+    [
+      ['experiment', 'sweep', '--thinnings', 'F,L7', '--out', join(tmp, 'sw')],
+      /--thinnings <list>' argument 'F,L7' is invalid\. unknown 'L7': valid are F, L, FL, L100, L1000/,
+    ],
+    [
+      ['experiment', 'sweep', '--scores', 'entropy,entropy', '--out', join(tmp, 'sw')],
+      /--scores <list>' argument 'entropy,entropy' is invalid\. an item is given twice/,
+    ],
     [['experiment', 'sweep', '--task', '0', '--merge', '--out', join(tmp, 'sw')], /experiment sweep: --task runs one training, --merge none: give one of them/],
     [['eval', 'localization', '--shard-index', '1', '--out', join(tmp, 'ev')], /--shard-index and --num-shards go together/],
   ];
@@ -96,7 +144,10 @@ test('a corrupt checkpoint to resume from: one line naming the file, exit code 1
   writeFileSync(join(dir, 'state.json'), 'not json');
   const { code, err } = casm('train', '--resume', dir, '--backend', 'cpu');
   assert.equal(code, 1);
-  const lines = err.trim().split('\n').filter((l) => l.startsWith('casm:'));
+  const lines = err
+    .trim()
+    .split('\n')
+    .filter((l) => l.startsWith('casm:'));
   assert.equal(lines.length, 1, err);
   assert.match(lines[0], /state\.json: unreadable checkpoint state/);
 });

@@ -6,13 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { loadMnist, mnistPaths, readIdxImages, readIdxLabels } from '../src/data/mnist.js';
-import {
-  clutteredCachePath,
-  generateCluttered,
-  loadCluttered,
-  resizeBilinear,
-  type ClutteredSet,
-} from '../src/data/clutteredMnist.js';
+import { clutteredCachePath, generateCluttered, loadCluttered, resizeBilinear, type ClutteredSet } from '../src/data/clutteredMnist.js';
 import { batchIndices, toBatch } from '../src/data/batches.js';
 import { denormalize, IMAGENET_MEAN, IMAGENET_STD, GRAY_MEAN, GRAY_STD, normalize } from '../src/data/normalize.js';
 import { Rng } from '../src/util/rng.js';
@@ -47,7 +41,10 @@ test('MNIST IDX: sizes, label range and counts', () => {
       assert.ok(l <= 9);
       counts[l]++;
     }
-    assert.equal(counts.reduce((s, c) => s + c, 0), n);
+    assert.equal(
+      counts.reduce((s, c) => s + c, 0),
+      n,
+    );
     for (const c of counts) assert.ok(c > n / 20, `every digit is well represented (${counts})`);
   }
   // Known facts of the published files: first train labels 5 0 4 1 9, first t10k label 7;
@@ -74,14 +71,23 @@ test('MNIST IDX: truncated / bad-magic files give errors naming the file', () =>
     const p = mnistPaths('test');
     const truncated = join(dir, 'truncated-images-idx3-ubyte');
     writeFileSync(truncated, readFileSync(p.images).subarray(0, 16 + 784 * 10 + 100));
-    assert.throws(() => readIdxImages(truncated), (e: Error) => e.message.includes(truncated) && /truncated/.test(e.message));
+    assert.throws(
+      () => readIdxImages(truncated),
+      (e: Error) => e.message.includes(truncated) && /truncated/.test(e.message),
+    );
     const shortHeader = join(dir, 'short-labels');
     writeFileSync(shortHeader, readFileSync(p.labels).subarray(0, 6));
-    assert.throws(() => readIdxLabels(shortHeader), (e: Error) => e.message.includes(shortHeader) && /truncated/.test(e.message));
+    assert.throws(
+      () => readIdxLabels(shortHeader),
+      (e: Error) => e.message.includes(shortHeader) && /truncated/.test(e.message),
+    );
     // A label file is not an image file.
     const swapped = join(dir, 'labels-as-images');
     writeFileSync(swapped, readFileSync(p.labels));
-    assert.throws(() => readIdxImages(swapped), (e: Error) => e.message.includes(swapped) && /magic/.test(e.message));
+    assert.throws(
+      () => readIdxImages(swapped),
+      (e: Error) => e.message.includes(swapped) && /magic/.test(e.message),
+    );
     // Intact files read fine through the same functions.
     assert.equal(readIdxLabels(p.labels).length, 10000);
   } finally {
@@ -121,7 +127,7 @@ test('boxes: inside the canvas, nonempty, sized like the digit; fragments=0 -> a
     assert.ok(x1 - x0 <= 40 && y1 - y0 <= 40);
     assert.ok(y1 - y0 >= 10, `box ${i} height ${y1 - y0}`);
     const img = clean.images.subarray(i * size * size, (i + 1) * size * size);
-    let edge = [false, false, false, false];
+    const edge = [false, false, false, false];
     for (let y = 0; y < size; y++) {
       for (let x = 0; x < size; x++) {
         const v = img[y * size + x]!;
@@ -247,7 +253,13 @@ test('toBatch: ImageNet normalisation of one pixel by hand; labels and boxes; de
   const [x0, y0, x1, y1] = box(set, 2);
   let px = -1;
   let py = -1;
-  for (let y = y0; y < y1 && px < 0; y++) for (let x = x0; x < x1; x++) if (set.images[2 * 4096 + y * 64 + x]! > 100) { px = x; py = y; break; }
+  for (let y = y0; y < y1 && px < 0; y++)
+    for (let x = x0; x < x1; x++)
+      if (set.images[2 * 4096 + y * 64 + x]! > 100) {
+        px = x;
+        py = y;
+        break;
+      }
   assert.ok(px >= 0);
   const v = set.images[2 * 4096 + py * 64 + px]!;
   const xs = b.x.arraySync();
@@ -294,7 +306,10 @@ test('batchIndices: seeded shuffle, full coverage, drop-last', () => {
   const e1 = [...batchIndices(50, 10, rng)].flat();
   const e2 = [...batchIndices(50, 10, rng)].flat();
   assert.notDeepEqual(e1, e2);
-  assert.deepEqual([...e1].sort((p, q) => p - q), [...Array(50).keys()]);
+  assert.deepEqual(
+    [...e1].sort((p, q) => p - q),
+    [...Array(50).keys()],
+  );
 });
 
 test('data scripts: --help prints every option of the script; an unknown option exits 2 naming it', () => {

@@ -4,17 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import {
-  classBoxes,
-  evalGeometry,
-  loadLocCsv,
-  loadXmlBoxes,
-  mapBox,
-  mapBoxes,
-  parseVocXml,
-  roundHalfEven,
-  valGeometry,
-} from '../src/data/boxes.js';
+import { classBoxes, evalGeometry, loadLocCsv, loadXmlBoxes, mapBox, mapBoxes, parseVocXml, roundHalfEven, valGeometry } from '../src/data/boxes.js';
 import { decodeTransform } from '../src/data/decode.js';
 import { loadMnist } from '../src/data/mnist.js';
 import { Problems, type PixelBox } from '../src/data/samples.js';
@@ -72,7 +62,10 @@ test('boxes: VOC XML and LOC_val_solution.csv parsed; only the image class count
     const problems = new Problems();
     const anns = loadXmlBoxes(dir, problems);
     assert.deepEqual([...anns.keys()], ['ILSVRC2012_val_00000001', 'ILSVRC2012_val_00000002']);
-    assert.deepEqual(problems.list.map((p) => [p.kind, p.file.endsWith('00000003.xml')]), [['bad-annotation', true]]);
+    assert.deepEqual(
+      problems.list.map((p) => [p.kind, p.file.endsWith('00000003.xml')]),
+      [['bad-annotation', true]],
+    );
     const a1 = anns.get('ILSVRC2012_val_00000001')!;
     assert.deepEqual([a1.width, a1.height], [500, 375]);
     assert.deepEqual(classBoxes(a1, 'n01751748', problems), [
@@ -119,7 +112,16 @@ test('boxes: crop mapping, hand-computed (short side 224 + centre crop, stretch,
   assert.equal(mapBox([0, 0, 50, 375], g), null); // x1 = 29.8 - 37 < 0: entirely left of the crop
   assert.equal(mapBox([450, 10, 500, 100], g), null); // x0 = 268.2 - 37 = 231.2 > 224: right of it
   close(mapBox([-10, -10, 600, 400], g), [0, 0, 224, 224]);
-  assert.deepEqual(mapBoxes([[0, 0, 50, 375], [100, 50, 300, 200]], g).length, 1);
+  assert.deepEqual(
+    mapBoxes(
+      [
+        [0, 0, 50, 375],
+        [100, 50, 300, 200],
+      ],
+      g,
+    ).length,
+    1,
+  );
 
   // stretch to 224 x 224: sx = 0.448, sy = 224 / 375
   close(mapBox([100, 50, 300, 200], evalGeometry(500, 375, 'stretch')), [44.8, 29.86667, 134.4, 119.46667]);
@@ -152,12 +154,10 @@ test('boxes: mapped boxes land on the pixels (a digit drawn at a known box, deco
       rgb.fill(v, 3 * (y * W + x), 3 * (y * W + x) + 3);
     }
   }
-  const png = await sharp(rgb, { raw: { width: W, height: H, channels: 3 } }).png().toBuffer();
-  for (const spec of [
-    { kind: 'eval' as const },
-    { kind: 'eval' as const, mode: 'stretch' as const },
-    { kind: 'val' as const },
-  ]) {
+  const png = await sharp(rgb, { raw: { width: W, height: H, channels: 3 } })
+    .png()
+    .toBuffer();
+  for (const spec of [{ kind: 'eval' as const }, { kind: 'eval' as const, mode: 'stretch' as const }, { kind: 'val' as const }]) {
     const out = await decodeTransform(png, spec, { output: 'uint8', boxes: [box, [0, 0, 20, 20]] });
     // the second box is left of the crop for short-side / val (crop left 56 / 80), inside for stretch
     const mapped = out.boxes![0]!;

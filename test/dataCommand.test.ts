@@ -125,7 +125,10 @@ test('makeShards: ImageFolder -> shuffled WebDataset shards with the same images
 
     // read back: exactly the folder's images (key-mapped), labels and synsets
     const { samples, members } = await readShards(files);
-    assert.deepEqual(members.map((m) => m.length), [12, 12, 9]); // image, .cls, .json per sample
+    assert.deepEqual(
+      members.map((m) => m.length),
+      [12, 12, 9],
+    ); // image, .cls, .json per sample
     const got = new Map(samples.map((s) => [s.key, s]));
     assert.equal(samples.length, 11);
     assert.equal(got.size, 11);
@@ -147,12 +150,18 @@ test('makeShards: ImageFolder -> shuffled WebDataset shards with the same images
 
     // shuffled: not class-sorted; deterministic for a seed, different for another seed
     const labels = samples.map((s) => s.label);
-    assert.notDeepEqual(labels, [...labels].sort((a, b) => a - b));
+    assert.notDeepEqual(
+      labels,
+      [...labels].sort((a, b) => a - b),
+    );
     const again = await makeShards({ root: f.root, out: join(dir, 'again'), shardSize: 4 });
     for (let i = 0; i < 3; i++) assert.ok(readFileSync(again.shards[i]!).equals(readFileSync(files[i]!)), `shard ${i} differs`);
     const other = await makeShards({ root: f.root, out: join(dir, 'seed1'), shardSize: 4, seed: 1 });
     const otherKeys = (await readShards(other.shards)).samples.map((s) => s.key);
-    assert.notDeepEqual(otherKeys, samples.map((s) => s.key));
+    assert.notDeepEqual(
+      otherKeys,
+      samples.map((s) => s.key),
+    );
     assert.deepEqual([...otherKeys].sort(), expectedKeys);
     // no shuffle: the ImageFolder order (synset, then file name)
     const sorted = await makeShards({ root: f.root, out: join(dir, 'sorted'), shardSize: 4, shuffle: false });
@@ -166,7 +175,10 @@ test('makeShards: ImageFolder -> shuffled WebDataset shards with the same images
       assert.match(e.message, /already holds 3 shard\(s\) with prefix "shard" \(shard-000000\.tar, shard-000001\.tar, shard-000002\.tar\)/);
       return true;
     });
-    assert.deepEqual(files.map((p) => statSync(p).mtimeMs), before);
+    assert.deepEqual(
+      files.map((p) => statSync(p).mtimeMs),
+      before,
+    );
     // another prefix into the same folder is fine (same synset list)
     const val = await makeShards({ root: f.root, out, shardSize: 100, prefix: 'val' });
     assert.equal(val.spec, join(out, 'val-{000000..000000}.tar'));
@@ -215,7 +227,10 @@ test('makeShards: bad arguments and duplicate keys', async () => {
     );
     assert.match(r.problems.list[0]!.message, /key "n01\/a_b" is already taken by .*a\.b\.jpg/);
     const { samples } = await readShards(r.shards);
-    assert.deepEqual(samples.map((s) => [s.key, s.label, s.synset]), [['n01/a_b', 0, 'n01']]);
+    assert.deepEqual(
+      samples.map((s) => [s.key, s.label, s.synset]),
+      [['n01/a_b', 0, 'n01']],
+    );
 
     // a different synset list in the output folder is not overwritten
     mkdirSync(join(root, 'n02'));
@@ -334,7 +349,9 @@ test('inspectData: a corrupt JPEG and a truncated tar are counted with file and 
 
 /** A PNG whose header says 20000 x 20000 (a decompression bomb's header; the body is a 1x1 image's). */
 async function bombPng(): Promise<Buffer> {
-  const png = await sharp({ create: { width: 1, height: 1, channels: 3, background: '#808080' } }).png().toBuffer();
+  const png = await sharp({ create: { width: 1, height: 1, channels: 3, background: '#808080' } })
+    .png()
+    .toBuffer();
   png.writeUInt32BE(20000, 16); // IHDR width, height
   png.writeUInt32BE(20000, 20);
   png.writeUInt32BE(crc32(png.subarray(12, 29)), 29); // IHDR's CRC covers its type and data
@@ -373,7 +390,10 @@ test('inspect, make-shards and training decode with one policy: a truncated JPEG
     assert.match(report, /passwd\.jpg@0: decode-error: not a decodable image .*: skipped/);
     assert.match(lines.at(-1)!, /1 samples in 1 shards: .* \(3 skipped or reported\)/);
     const packed = await collect(readWebDataset(made.shards[0]!));
-    assert.deepEqual(packed.map((s) => s.key), ['n01/good']);
+    assert.deepEqual(
+      packed.map((s) => s.key),
+      ['n01/good'],
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -49,7 +49,12 @@ function maxAbsDiff(a: Uint8Array, b: Uint8Array): number {
 }
 
 function corr(a: Uint8Array, b: Uint8Array, ch: number): number {
-  let n = 0, sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0;
+  let n = 0,
+    sa = 0,
+    sb = 0,
+    saa = 0,
+    sbb = 0,
+    sab = 0;
   for (let i = ch; i < a.length; i += 3) {
     n++;
     sa += a[i]!;
@@ -317,7 +322,17 @@ test('decode: ColorJitter by hand on two pixels, and against torchvision on a ph
       { brightness: 1.3, contrast: 0.6, saturation: 1.5 },
     ]) {
       const out = join(dir, 'out.f32');
-      execFileSync(python, [join(repoRoot, 'test', 'helpers', 'torchvision_transforms.py'), 'jitter', join(dir, 'in.rgb'), out, String(H), String(W), String(f.brightness), String(f.contrast), String(f.saturation)]);
+      execFileSync(python, [
+        join(repoRoot, 'test', 'helpers', 'torchvision_transforms.py'),
+        'jitter',
+        join(dir, 'in.rgb'),
+        out,
+        String(H),
+        String(W),
+        String(f.brightness),
+        String(f.contrast),
+        String(f.saturation),
+      ]);
       const ref = new Float32Array(readFileSync(out).buffer.slice(0));
       const ours = Uint8Array.from(img);
       colorJitterInPlace(ours, f);
@@ -388,16 +403,14 @@ test('decode + tar run inside a worker thread (no tfjs in the import graph)', as
       parentPort.postMessage({ out, tfLoaded });
     })().catch((e) => parentPort.postMessage({ error: String(e) }));
   `;
-  const msg = await new Promise<{ out?: { key: string; label: number; data: Float32Array }[]; tfLoaded?: boolean; error?: string }>(
-    (resolve, reject) => {
-      const w = new Worker(code, { eval: true, workerData: { decodeUrl, tarUrl, png: new Uint8Array(png) } });
-      w.once('message', (m) => {
-        resolve(m);
-        void w.terminate();
-      });
-      w.once('error', reject);
-    },
-  );
+  const msg = await new Promise<{ out?: { key: string; label: number; data: Float32Array }[]; tfLoaded?: boolean; error?: string }>((resolve, reject) => {
+    const w = new Worker(code, { eval: true, workerData: { decodeUrl, tarUrl, png: new Uint8Array(png) } });
+    w.once('message', (m) => {
+      resolve(m);
+      void w.terminate();
+    });
+    w.once('error', reject);
+  });
   assert.equal(msg.error, undefined);
   assert.equal(msg.tfLoaded, false);
   assert.deepEqual(

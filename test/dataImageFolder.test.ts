@@ -127,9 +127,7 @@ test('imageFolder vs WebDataset tar: same images, labels, decoded and transforme
     for (let i = 0; i < folder.length; i++) {
       const [a, b] = await Promise.all([decodeRgb(folder[i]!.image), decodeRgb(tar[i]!.image)]);
       assert.ok(Buffer.from(a.data).equals(Buffer.from(b.data)));
-      const [ta, tb] = await Promise.all(
-        [folder[i]!, tar[i]!].map((s) => decodeTransform(s.image, { kind: 'eval', size: 32 })),
-      );
+      const [ta, tb] = await Promise.all([folder[i]!, tar[i]!].map((s) => decodeTransform(s.image, { kind: 'eval', size: 32 })));
       assert.deepEqual(Array.from(ta!.data), Array.from(tb!.data));
     }
   } finally {

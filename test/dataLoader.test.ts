@@ -39,7 +39,10 @@ async function makeFixture(): Promise<Fixture> {
   mkdirSync(join(dir, 'wds'));
   for (let s = 0; s < N / 4; s++) {
     const part = images.slice(4 * s, 4 * s + 4);
-    writeTar(join(dir, 'wds', `train-${String(s).padStart(4, '0')}.tar`), part.flatMap((e) => webDatasetEntries(e.key, e.jpeg, e.label)));
+    writeTar(
+      join(dir, 'wds', `train-${String(s).padStart(4, '0')}.tar`),
+      part.flatMap((e) => webDatasetEntries(e.key, e.jpeg, e.label)),
+    );
   }
   return { dir, folder, tars: join(dir, 'wds', `train-{0000..${String(N / 4 - 1).padStart(4, '0')}}.tar`), images };
 }
@@ -107,7 +110,10 @@ test('loader: 0, 1 and 2 workers deliver the same samples; training crops depend
   assert.deepEqual(keys(again), keys(runs[2]!), 'same seed and workers: same order');
   assert.deepEqual(keys(runs[0]!), keys(runs[1]!), 'one worker = inline');
   for (const r of runs) {
-    assert.deepEqual([...keys(r)].sort(), fx.images.map((e) => e.key));
+    assert.deepEqual(
+      [...keys(r)].sort(),
+      fx.images.map((e) => e.key),
+    );
     const m = byKey(r);
     for (const s of runs[0]!) assert.deepEqual(Array.from(m.get(s.key)!.data), Array.from(s.data), s.key);
   }
@@ -147,7 +153,11 @@ test('loader: shard order and shuffle buffer change with the epoch; every epoch 
   const shardOf = new Map(fx.images.map((e, i) => [e.key, Math.floor(i / 4)]));
   const runs = keys(plain!).map((k) => shardOf.get(k)!);
   for (let i = 0; i < N; i += 4) assert.equal(new Set(runs.slice(i, i + 4)).size, 1);
-  assert.notDeepEqual(runs, [...runs].sort((a, b) => a - b), 'shard order shuffled');
+  assert.notDeepEqual(
+    runs,
+    [...runs].sort((a, b) => a - b),
+    'shard order shuffled',
+  );
 });
 
 test('loader: skip (resume) and limit (epoch fraction) cut the same epoch stream', async () => {
@@ -160,7 +170,10 @@ test('loader: skip (resume) and limit (epoch fraction) cut the same epoch stream
       const head = (await collect(l, 2, { limit: 10 })).map((s) => s.key);
       assert.deepEqual(head, full.slice(0, 10));
       // after an early stop the next epoch starts clean
-      assert.deepEqual((await collect(l, 2)).map((s) => s.key), full);
+      assert.deepEqual(
+        (await collect(l, 2)).map((s) => s.key),
+        full,
+      );
     });
   }
 });
@@ -192,8 +205,17 @@ test('dataset: --classes, --shard-index/--num-shards and sample counts without r
   assert.ok(kept.every((s) => s.label === 0 || s.label === 2));
   const jobs = [];
   for (let i = 0; i < 3; i++) jobs.push(await withLoader(fx.tars, {}, (l) => collect(l), { shardIndex: i, numShards: 3 }));
-  assert.deepEqual(jobs.map((j) => j.length), [8, 8, 8]);
-  assert.deepEqual(jobs.flat().map((s) => s.key).sort(), fx.images.map((e) => e.key));
+  assert.deepEqual(
+    jobs.map((j) => j.length),
+    [8, 8, 8],
+  );
+  assert.deepEqual(
+    jobs
+      .flat()
+      .map((s) => s.key)
+      .sort(),
+    fx.images.map((e) => e.key),
+  );
   assert.throws(() => openDataset(fx.tars, { shardIndex: 3, numShards: 3 }), /need 0 <= index < num-shards/);
   // counts: tar exact with a class subset (reads only .cls), folder exact
   for (const [spec, opts, want] of [
@@ -235,8 +257,14 @@ test('loader: a corrupt JPEG and a truncated shard are skipped, counted with fil
     assert.equal(got.problems.count, 2);
     assert.deepEqual(got.problems.byKind, { 'decode-error': 1, truncated: 1 });
     const lines = got.problems.format();
-    assert.ok(lines.some((x) => x.startsWith(`${join(dir, 'b-0.tar')}@${brokenAt}: decode-error: a/broken`)), lines.join('\n'));
-    assert.ok(lines.some((x) => x.startsWith(`${join(dir, 'b-1.tar')}@0: truncated`)), lines.join('\n'));
+    assert.ok(
+      lines.some((x) => x.startsWith(`${join(dir, 'b-0.tar')}@${brokenAt}: decode-error: a/broken`)),
+      lines.join('\n'),
+    );
+    assert.ok(
+      lines.some((x) => x.startsWith(`${join(dir, 'b-1.tar')}@0: truncated`)),
+      lines.join('\n'),
+    );
     assert.equal(seen.length, 2);
   }
 });

@@ -100,7 +100,10 @@ for (const f of ['three.tfrecord', 'x/one.tfrecord', 'x/y/two.tfrecord', '.h/fou
 for (const f of ['d1/s.tar', 'd2/s.tar', 'e1/s.tar', 'd3/other.tar']) put(join('g', 'dirs', f));
 
 test('glob: * ? and classes within one segment, hidden files only on request', () => {
-  assert.deepEqual(expandGlob(g('shards/*.tar')), ['a-0.tar', 'a-1.tar', 'a-2.tar', 'b-0.tar'].map((f) => g(`shards/${f}`)));
+  assert.deepEqual(
+    expandGlob(g('shards/*.tar')),
+    ['a-0.tar', 'a-1.tar', 'a-2.tar', 'b-0.tar'].map((f) => g(`shards/${f}`)),
+  );
   assert.deepEqual(expandGlob(g('shards/.*.tar')), [g('shards/.hidden.tar')]);
   assert.deepEqual(expandGlob(g('shards/a-?.tar')), [g('shards/a-0.tar'), g('shards/a-1.tar'), g('shards/a-2.tar')]);
   assert.deepEqual(expandGlob(g('shards/a-[0-1].tar')), [g('shards/a-0.tar'), g('shards/a-1.tar')]);
@@ -113,12 +116,12 @@ test('glob: * ? and classes within one segment, hidden files only on request', (
 
 test('glob: directory segments and ** (any number of directories, none hidden)', () => {
   assert.deepEqual(expandGlob(g('dirs/d*/s.tar')), [g('dirs/d1/s.tar'), g('dirs/d2/s.tar')]);
-  assert.deepEqual(expandGlob(g('dirs/*/*.tar')), ['d1/s.tar', 'd2/s.tar', 'd3/other.tar', 'e1/s.tar'].map((f) => g(`dirs/${f}`)));
-  assert.deepEqual(expandGlob(g('dirs/[de]1')), [g('dirs/d1'), g('dirs/e1')]);
   assert.deepEqual(
-    expandGlob(g('nested/**/*.tfrecord')),
-    [g('nested/three.tfrecord'), g('nested/x/one.tfrecord'), g('nested/x/y/two.tfrecord')],
+    expandGlob(g('dirs/*/*.tar')),
+    ['d1/s.tar', 'd2/s.tar', 'd3/other.tar', 'e1/s.tar'].map((f) => g(`dirs/${f}`)),
   );
+  assert.deepEqual(expandGlob(g('dirs/[de]1')), [g('dirs/d1'), g('dirs/e1')]);
+  assert.deepEqual(expandGlob(g('nested/**/*.tfrecord')), [g('nested/three.tfrecord'), g('nested/x/one.tfrecord'), g('nested/x/y/two.tfrecord')]);
   assert.deepEqual(expandGlob(g('**/two.tfrecord')), [g('nested/x/y/two.tfrecord')]);
   assert.deepEqual(expandGlob(g('nested/**')), [g('nested'), g('nested/x'), g('nested/x/y')]);
 });
@@ -236,10 +239,7 @@ test("'::' joins specs in the order given; layouts must agree", () => {
   assert.deepEqual(resolveDataSpec(spec), { spec, layout: 'webdataset', files: [b[0], b[1], a] });
   const rec = put('j/c.tfrecord');
   const mixed = `${a}::${rec}`;
-  throwsSpec(
-    () => resolveDataSpec(mixed),
-    new RegExp(`^data spec "${esc(mixed)}": mixed layouts: "${esc(a)}" is webdataset but "${esc(rec)}" is tfrecord$`),
-  );
+  throwsSpec(() => resolveDataSpec(mixed), new RegExp(`^data spec "${esc(mixed)}": mixed layouts: "${esc(a)}" is webdataset but "${esc(rec)}" is tfrecord$`));
   throwsSpec(() => resolveDataSpec(`${a}::`), /^data spec ".*a\.tar::": "" names no path$/);
 });
 
@@ -248,7 +248,10 @@ test("'::' joins specs in the order given; layouts must agree", () => {
 test('spec.ts imports no tfjs and resolves specs inside a worker thread', async () => {
   // compiled to <outDir>/test/, so the source lies two levels up
   const source = readFileSync(fileURLToPath(new URL('../../src/data/spec.ts', import.meta.url)), 'utf8');
-  assert.deepEqual([...source.matchAll(/^import .* from '([^']+)';$/gm)].map((m) => m[1]), ['node:fs', 'node:path', '../util/crc32c.js']);
+  assert.deepEqual(
+    [...source.matchAll(/^import .* from '([^']+)';$/gm)].map((m) => m[1]),
+    ['node:fs', 'node:path', '../util/crc32c.js'],
+  );
   const url = new URL('../src/data/spec.js', import.meta.url).href;
   const tar = put('w/x.tar');
   const worker = new Worker(

@@ -286,7 +286,10 @@ test('tar: .json labels, incomplete samples and bad .cls are skipped and counted
   );
   assert.deepEqual(got[0]!.boxes, [[1, 2, 30, 20]]);
   assert.deepEqual(s.problems.byKind, { 'incomplete-sample': 2, 'bad-label': 1 });
-  assert.ok(s.problems.format().some((l) => /incomplete-sample: sample ".*" lacks (an image \(\.jpg\/\.png\)|a label \(\.cls\/\.json\))/.test(l)), s.problems.format().join('\n'));
+  assert.ok(
+    s.problems.format().some((l) => /incomplete-sample: sample ".*" lacks (an image \(\.jpg\/\.png\)|a label \(\.cls\/\.json\))/.test(l)),
+    s.problems.format().join('\n'),
+  );
   assert.deepEqual(splitKey('a/b.c/key.seg.png'), { key: 'a/b.c/key', ext: 'seg.png' });
   // header helper: a valid header block for a plain name
   assert.equal(tarHeader('n.jpg', 5).length, 512);

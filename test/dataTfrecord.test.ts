@@ -89,7 +89,10 @@ test('tfrecord: a file written by TensorFlow (build_imagenet_data.py fields) rea
     const imgs = await makeImages(7);
     const { path, info } = writeWithTensorflow(dir, imgs, 4);
     const bytes = readFileSync(path);
-    assert.equal(bytes.length, info.reduce((n, r) => n + 16 + r.length, 0));
+    assert.equal(
+      bytes.length,
+      info.reduce((n, r) => n + 16 + r.length, 0),
+    );
 
     const stream = readTfRecord(path);
     const got = await collect(stream);
@@ -215,8 +218,7 @@ const f32 = (v: number): number[] => [...new Uint8Array(new Float32Array([v]).bu
 test('tfrecord: Example decoder reads unpacked floats / int64s, negative int64s, and skips unknown fields', () => {
   const floatsUnpacked = [0.25, 0.5].flatMap((v) => [(1 << 3) | 5, ...f32(v)]);
   const intsUnpacked = [3, -2].flatMap((v) => [(1 << 3) | 0, ...varint(v)]);
-  const feature = (name: string, featureBody: number[]) =>
-    ld(1, [...ld(1, [...Buffer.from(name)]), ...ld(2, featureBody)]);
+  const feature = (name: string, featureBody: number[]) => ld(1, [...ld(1, [...Buffer.from(name)]), ...ld(2, featureBody)]);
   const features = [
     ...feature('image/object/bbox/xmin', ld(2, floatsUnpacked)),
     ...feature('image/class/label', ld(3, intsUnpacked)),
@@ -265,8 +267,7 @@ test('layouts: the same images as TFRecord (TensorFlow), WebDataset tar and Imag
     );
     const { path: tfrPath } = writeWithTensorflow(dir, imgs, null);
 
-    const stem = (s: Sample, layout: string) =>
-      layout === 'tfrecord' ? s.key.replace(/\.[^.]*$/, '') : s.key.slice(s.key.indexOf('/') + 1);
+    const stem = (s: Sample, layout: string) => (layout === 'tfrecord' ? s.key.replace(/\.[^.]*$/, '') : s.key.slice(s.key.indexOf('/') + 1));
     const byLayout = new Map<string, Map<string, Sample>>();
     for (const [layout, stream] of [
       ['tfrecord', readTfRecord(tfrPath)],

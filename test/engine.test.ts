@@ -23,7 +23,8 @@ test('the engine patches are for the pinned tfjs: package.json pins it, another 
   checkTfjsVersion();
   assert.throws(
     () => checkTfjsVersion({ ...tf.version, 'tfjs-layers': '4.23.0' }),
-    (e: unknown) => e instanceof EngineVersionError && /written for tfjs 4\.22\.0; this process has tfjs-layers 4\.23\.0\. Install the pinned one: npm ci/.test(e.message),
+    (e: unknown) =>
+      e instanceof EngineVersionError && /written for tfjs 4\.22\.0; this process has tfjs-layers 4\.23\.0\. Install the pinned one: npm ci/.test(e.message),
   );
 });
 
@@ -84,7 +85,11 @@ function convAndGrads(c: ConvCase, xv: Float32Array, wv: Float32Array, gv: Float
     const conv = (a: tf.Tensor4D, b: tf.Tensor4D) => tf.conv2d(a, b, c.strides, c.pad, 'NHWC', c.dilations);
     const y = conv(x, w);
     const g = tf.tensor(gv, y.shape);
-    const grads = tf.grads((a: tf.Tensor, b: tf.Tensor) => conv(a as tf.Tensor4D, b as tf.Tensor4D).mul(g).sum());
+    const grads = tf.grads((a: tf.Tensor, b: tf.Tensor) =>
+      conv(a as tf.Tensor4D, b as tf.Tensor4D)
+        .mul(g)
+        .sum(),
+    );
     const [gx, gw] = grads([x, w]);
     return [y, gx!, gw!].map((t) => t.dataSync() as Float32Array);
   });
@@ -119,7 +124,10 @@ test('conv2d forward and gradients on the native backend equal the cpu backend (
       assert.ok(worst <= 1e-4, `${c.name} ${what}: native differs from cpu by ${worst}`);
     });
     // Something non-trivial was compared.
-    assert.ok(ref[2]!.some((v) => Math.abs(v) > 1e-3), `${c.name}: degenerate gradient`);
+    assert.ok(
+      ref[2]!.some((v) => Math.abs(v) > 1e-3),
+      `${c.name}: degenerate gradient`,
+    );
   }
 });
 
@@ -133,11 +141,14 @@ test("initEngine('auto') picks the native engine (it is built by setup.sh)", asy
 });
 
 test('an unknown choice rejects, listing the valid choices', async () => {
-  await assert.rejects(initEngine('gpu' as BackendChoice, () => {}), (err: Error) => {
-    assert.match(err.message, /'gpu'/);
-    for (const c of BACKEND_CHOICES) assert.ok(err.message.includes(c), `message lacks '${c}': ${err.message}`);
-    return true;
-  });
+  await assert.rejects(
+    initEngine('gpu' as BackendChoice, () => {}),
+    (err: Error) => {
+      assert.match(err.message, /'gpu'/);
+      for (const c of BACKEND_CHOICES) assert.ok(err.message.includes(c), `message lacks '${c}': ${err.message}`);
+      return true;
+    },
+  );
 });
 
 test("initEngine('tensorflow-gpu') without the GPU package rejects with how to build it", async (t) => {
@@ -150,7 +161,10 @@ test("initEngine('tensorflow-gpu') without the GPU package rejects with how to b
     // not installed: the normal case
   }
   const before = tf.getBackend();
-  await assert.rejects(initEngine('tensorflow-gpu', () => {}), /CASM_GPU=1 bash scripts\/setup\.sh/);
+  await assert.rejects(
+    initEngine('tensorflow-gpu', () => {}),
+    /CASM_GPU=1 bash scripts\/setup\.sh/,
+  );
   // The failed request left the current backend in place.
   assert.equal(tf.getBackend(), before);
 });

@@ -32,7 +32,6 @@ test.after(() => rmSync(root, { recursive: true, force: true }));
 const runDir = join(root, 'run');
 await trainTinyRun(runDir);
 
-
 const readJson = <T>(path: string): T => JSON.parse(readFileSync(path, 'utf8')) as T;
 const close = (a: number, b: number, tol: number, what: string) => assert.ok(Math.abs(a - b) <= tol, `${what}: ${a} vs ${b}`);
 
@@ -119,7 +118,12 @@ test('eval localization --seen / --target / --compare: seen and unseen apart, ta
   if (wrong) assert.equal(wrong.classifierTop1, 0);
   for (const m of ['casm', 'vanilla']) {
     const parts = [right, wrong].filter((p) => p !== null);
-    close(seen.methods[m]!.le * seen.images, parts.reduce((a, p) => a + p!.methods[m]!.le * p!.images, 0), 1e-9, `${m} LE right + wrong`);
+    close(
+      seen.methods[m]!.le * seen.images,
+      parts.reduce((a, p) => a + p!.methods[m]!.le * p!.images, 0),
+      1e-9,
+      `${m} LE right + wrong`,
+    );
   }
   // The same run compared with itself: casm-<its thinning> scores exactly like casm.
   const thinning = readCheckpointState(resolveCheckpoint(runDir)).config.thinning;
@@ -145,7 +149,24 @@ test('eval localization on shards: missing box files counted, a box of another c
   const d = await digitValShards(join(root, 'shards'));
   writeTar(join(root, 'shards', 'empty-0.tar'), webDatasetEntries('broken', Buffer.from([0xff, 0xd8, 0xff, 0xdb, 1, 2, 3]), 1));
   const out = join(root, 'loc-shards');
-  const r = await casm('eval', 'localization', '--checkpoint', runDir, '--data', d.spec, '--synsets', d.synsets, '--boxes', d.boxes, '--methods', 'casm,full', '--workers', '1', '--out', out);
+  const r = await casm(
+    'eval',
+    'localization',
+    '--checkpoint',
+    runDir,
+    '--data',
+    d.spec,
+    '--synsets',
+    d.synsets,
+    '--boxes',
+    d.boxes,
+    '--methods',
+    'casm,full',
+    '--workers',
+    '1',
+    '--out',
+    out,
+  );
   assert.equal(r.code, 0, r.err);
   const report = readJson<LocalizationReport>(join(out, 'report.json'));
   assert.deepEqual(report.images, { read: 12, scored: 9, withoutBoxes: 3 });
@@ -157,7 +178,18 @@ test('eval localization on shards: missing box files counted, a box of another c
   assert.equal(report.methods['full']!.le, 0);
   close(report.methods['full']!.f1, 1, 1e-9, 'full F1 against whole-image boxes');
 
-  const empty = await casm('eval', 'localization', '--checkpoint', runDir, '--data', join(root, 'shards', 'empty-0.tar'), '--methods', 'full', '--out', join(root, 'x'));
+  const empty = await casm(
+    'eval',
+    'localization',
+    '--checkpoint',
+    runDir,
+    '--data',
+    join(root, 'shards', 'empty-0.tar'),
+    '--methods',
+    'full',
+    '--out',
+    join(root, 'x'),
+  );
   assert.equal(empty.code, 1);
   assert.match(empty.err, /empty-0\.tar: the validation set is empty/);
 });
@@ -180,7 +212,10 @@ test('eval classifiers: own classifier = the same checkpoint given as another; c
   const trainer = new CasmTrainer(readCheckpointState(dir).config);
   await loadCheckpoint(dir, trainer);
   const digits = await loadDigits('test', 16, 64, 0);
-  const b = toBatch(digits, Array.from({ length: 16 }, (_, i) => i));
+  const b = toBatch(
+    digits,
+    Array.from({ length: 16 }, (_, i) => i),
+  );
   const predicted = tf.tidy(() => tf.argMax((trainer.classifier.apply(b.x, { training: false }) as tf.Tensor[])[5]!, 1).dataSync());
   tf.dispose([b.x, b.y]);
   trainer.dispose();
@@ -191,11 +226,25 @@ test('eval classifiers: own classifier = the same checkpoint given as another; c
 
 test('unseen-class splits: disjoint sets of 5/5/10/30/30/20% and the trainings on their unions', () => {
   const s = classSplits(1000, 0);
-  assert.deepEqual(Object.values(s).map((c) => c.length), [50, 50, 100, 300, 300, 200]);
-  const all = Object.values(s).flat().sort((a, b) => a - b);
-  assert.deepEqual(all, Array.from({ length: 1000 }, (_, i) => i));
-  assert.deepEqual(['B-F', 'C-F', 'D-F', 'E-F', 'F'].map((t) => trainingClasses(s, t).length), [950, 900, 800, 500, 200]);
-  assert.ok(trainingClasses(s, 'B-F').every((c) => !s['A']!.includes(c)), 'A is never trained on');
+  assert.deepEqual(
+    Object.values(s).map((c) => c.length),
+    [50, 50, 100, 300, 300, 200],
+  );
+  const all = Object.values(s)
+    .flat()
+    .sort((a, b) => a - b);
+  assert.deepEqual(
+    all,
+    Array.from({ length: 1000 }, (_, i) => i),
+  );
+  assert.deepEqual(
+    ['B-F', 'C-F', 'D-F', 'E-F', 'F'].map((t) => trainingClasses(s, t).length),
+    [950, 900, 800, 500, 200],
+  );
+  assert.ok(
+    trainingClasses(s, 'B-F').every((c) => !s['A']!.includes(c)),
+    'A is never trained on',
+  );
   assert.notDeepEqual(classSplits(1000, 1)['A'], s['A'], 'the seed draws the split');
   assert.throws(() => trainingClasses(s, 'F-C'), /reversed/);
 });
@@ -203,12 +252,36 @@ test('unseen-class splits: disjoint sets of 5/5/10/30/30/20% and the trainings o
 test('experiment unseen on digits 0-4: seen vs unseen LE, and a rerun resumes without retraining', async () => {
   const out = join(root, 'unseen');
   const args = [
-    'experiment', 'unseen', '--seen', '0-4', '--out', out, '--depths', '1,1,1,1', '--width', '4', '--decoder-width', '8',
-    '--batch-size', '8', '--train-count', '64', '--warmup-steps', '2', '--max-steps', '3', '--eval-limit', '24', '--log-every', '100',
+    'experiment',
+    'unseen',
+    '--seen',
+    '0-4',
+    '--out',
+    out,
+    '--depths',
+    '1,1,1,1',
+    '--width',
+    '4',
+    '--decoder-width',
+    '8',
+    '--batch-size',
+    '8',
+    '--train-count',
+    '64',
+    '--warmup-steps',
+    '2',
+    '--max-steps',
+    '3',
+    '--eval-limit',
+    '24',
+    '--log-every',
+    '100',
   ];
   const r = await casm(...args);
   assert.equal(r.code, 0, r.err);
-  const state = readJson<{ trainings: { name: string; classes: number[]; trained: boolean; result: Record<string, number | null> }[] }>(join(out, 'experiment.json'));
+  const state = readJson<{ trainings: { name: string; classes: number[]; trained: boolean; result: Record<string, number | null> }[] }>(
+    join(out, 'experiment.json'),
+  );
   const [t] = state.trainings;
   assert.deepEqual(t!.classes, [0, 1, 2, 3, 4]);
   const labels = Array.from((await loadDigits('test', 24, 64, 0)).labels);

@@ -10,7 +10,12 @@ import { GT_COLOR, PRED_COLOR } from '../src/log/maskGrid.js';
 const FIGS = '/tmp/figs';
 mkdirSync(FIGS, { recursive: true });
 
-interface Img { data: Buffer; width: number; height: number; channels: number }
+interface Img {
+  data: Buffer;
+  width: number;
+  height: number;
+  channels: number;
+}
 
 async function decode(png: Buffer): Promise<Img> {
   const { data, info } = await sharp(png).raw().toBuffer({ resolveWithObject: true });
@@ -111,8 +116,26 @@ const halfMask = Float32Array.from({ length: W * H }, (_, p) => (p % W < W / 2 ?
 const truth: [number, number, number, number] = [2, 1, 6, 5];
 const pred: [number, number, number, number] = [1, 2, 9, 7];
 const rows: ExampleRow[] = [
-  { image: gray, width: W, height: H, truth: [truth], cells: [{ mask: halfMask, box: pred }, { mask: new Float32Array(W * H), box: null }] },
-  { image: gray, width: W, height: H, truth: [], cells: [{ mask: halfMask, box: null }, { mask: halfMask, box: [0, 0, W, H] }] },
+  {
+    image: gray,
+    width: W,
+    height: H,
+    truth: [truth],
+    cells: [
+      { mask: halfMask, box: pred },
+      { mask: new Float32Array(W * H), box: null },
+    ],
+  },
+  {
+    image: gray,
+    width: W,
+    height: H,
+    truth: [],
+    cells: [
+      { mask: halfMask, box: null },
+      { mask: halfMask, box: [0, 0, W, H] },
+    ],
+  },
 ];
 const methods = ['casm', 'gradcam'];
 
@@ -131,7 +154,26 @@ test('example grid: layout, box outlines at their pixels, overlay follows the ma
     const [x0, y0, x1, y1] = [b[0]! * s, b[1]! * s, b[2]! * s - 1, b[3]! * s - 1];
     const mx = Math.floor((x0 + x1) / 2);
     const my = Math.floor((y0 + y1) / 2);
-    return { on: [[x0, y0], [x1, y0], [x0, y1], [x1, y1], [mx, y0], [mx, y1], [x0, my], [x1, my]], off: [[x0 - 1, my], [x1 + 1, my], [mx, y0 - 1], [mx, y1 + 1], [x0 + 1, my], [mx, y0 + 1]] };
+    return {
+      on: [
+        [x0, y0],
+        [x1, y0],
+        [x0, y1],
+        [x1, y1],
+        [mx, y0],
+        [mx, y1],
+        [x0, my],
+        [x1, my],
+      ],
+      off: [
+        [x0 - 1, my],
+        [x1 + 1, my],
+        [mx, y0 - 1],
+        [mx, y1 + 1],
+        [x0 + 1, my],
+        [mx, y0 + 1],
+      ],
+    };
   };
   const gt = edges(truth);
   for (const [x, y] of gt.on) assert.deepEqual(at(0, 0, x!, y!), [...GT_COLOR], `truth edge (${x}, ${y}) on the image`);
@@ -153,7 +195,10 @@ test('example grid: layout, box outlines at their pixels, overlay follows the ma
 
 test('example grid: default scale makes cells at least 128 px; bad input is rejected', async () => {
   // Row titles (escaped) sit over the image; here only for the sample a human looks at.
-  const buf = await exampleGridPng(rows.map((r, i) => ({ ...r, title: `#${i} <cat & dog>` })), { methods });
+  const buf = await exampleGridPng(
+    rows.map((r, i) => ({ ...r, title: `#${i} <cat & dog>` })),
+    { methods },
+  );
   writeFileSync(`${FIGS}/example_grid.png`, buf);
   const img = await decode(buf);
   const s = Math.ceil(128 / W);

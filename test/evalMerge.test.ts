@@ -25,7 +25,12 @@ const runDir = join(root, 'run');
 await trainTinyRun(runDir);
 
 /** Runs `eval <command> args` whole and as `n` shards plus a merge; asserts that the two reports are one. */
-async function assertMergeExact<R extends LocalizationReport | ClassifiersReport>(command: 'localization' | 'classifiers', name: string, args: string[], counts: number[]): Promise<R> {
+async function assertMergeExact<R extends LocalizationReport | ClassifiersReport>(
+  command: 'localization' | 'classifiers',
+  name: string,
+  args: string[],
+  counts: number[],
+): Promise<R> {
   const whole = join(root, `${name}-whole`);
   const r = await casm('eval', command, ...args, '--out', whole);
   assert.equal(r.code, 0, r.err);
@@ -50,7 +55,22 @@ async function assertMergeExact<R extends LocalizationReport | ClassifiersReport
 
 test('eval merge of 1, 2, 3 shards of the held-out digits = one process: every figure, seen/unseen, examples in order', async () => {
   // 23 images in batches of 5: five batches, the last short; three shards get 2, 2 and 1 of them.
-  const args = ['--checkpoint', runDir, '--methods', 'casm,gradcam,smoothgrad,vanilla,full,centre', '--samples', '2', '--seen', '0-4', '--limit', '23', '--batch-size', '5', '--examples', '5'];
+  const args = [
+    '--checkpoint',
+    runDir,
+    '--methods',
+    'casm,gradcam,smoothgrad,vanilla,full,centre',
+    '--samples',
+    '2',
+    '--seen',
+    '0-4',
+    '--limit',
+    '23',
+    '--batch-size',
+    '5',
+    '--examples',
+    '5',
+  ];
   const whole = await assertMergeExact<LocalizationReport>('localization', 'digits', args, [1, 2, 3]);
   assert.equal(whole.images.scored, 23);
   assert.equal(whole.bySplit!.seen!.images + whole.bySplit!.unseen!.images, 23, 'both splits present');
@@ -59,7 +79,24 @@ test('eval merge of 1, 2, 3 shards of the held-out digits = one process: every f
 
 test('eval merge on JPEG shards with corrupt records: problems counted once, the same report for 1, 2, 3 shards', async () => {
   const d = await digitValShards(join(root, 'val'), { images: 20, tars: 2, corruptAfter: [3, 14] });
-  const args = ['--checkpoint', runDir, '--data', d.spec, '--synsets', d.synsets, '--boxes', d.boxes, '--methods', 'casm,vanilla,full', '--batch-size', '4', '--workers', '2', '--examples', '3'];
+  const args = [
+    '--checkpoint',
+    runDir,
+    '--data',
+    d.spec,
+    '--synsets',
+    d.synsets,
+    '--boxes',
+    d.boxes,
+    '--methods',
+    'casm,vanilla,full',
+    '--batch-size',
+    '4',
+    '--workers',
+    '2',
+    '--examples',
+    '3',
+  ];
   const whole = await assertMergeExact<LocalizationReport>('localization', 'jpeg', args, [1, 2, 3]);
   assert.deepEqual(whole.images, { read: 20, scored: 17, withoutBoxes: 3 });
   assert.equal(whole.problems.byKind['decode-error'], 2, JSON.stringify(whole.problems));
@@ -68,13 +105,26 @@ test('eval merge on JPEG shards with corrupt records: problems counted once, the
 
 test('eval classifiers: merge of 1, 2, 3 shards = one process, on the held-out digits and on JPEG shards with corrupt records', async () => {
   // 14 digits in batches of 4: four batches, the last short; a second classifier (the same run as a directory) is scored too.
-  const digits = await assertMergeExact<ClassifiersReport>('classifiers', 'cls-digits', ['--checkpoint', runDir, '--classifiers', runDir, '--limit', '14', '--batch-size', '4', '--examples', '5'], [1, 2, 3]);
+  const digits = await assertMergeExact<ClassifiersReport>(
+    'classifiers',
+    'cls-digits',
+    ['--checkpoint', runDir, '--classifiers', runDir, '--limit', '14', '--batch-size', '4', '--examples', '5'],
+    [1, 2, 3],
+  );
   assert.equal(digits.images, 14);
-  assert.deepEqual(digits.classifiers.map((c) => c.name), ['own', runDir]);
+  assert.deepEqual(
+    digits.classifiers.map((c) => c.name),
+    ['own', runDir],
+  );
   // Counts over 14 images: every accuracy is a multiple of 1/14.
   for (const a of Object.values(digits.classifiers[0]!.results)) assert.ok(Math.abs(a.top1 * 14 - Math.round(a.top1 * 14)) < 1e-9, JSON.stringify(a));
   const d = await digitValShards(join(root, 'val-cls'), { images: 12, tars: 2, corruptAfter: [5] });
-  const jpeg = await assertMergeExact<ClassifiersReport>('classifiers', 'cls-jpeg', ['--checkpoint', runDir, '--data', d.spec, '--synsets', d.synsets, '--batch-size', '3', '--workers', '2', '--examples', '4'], [1, 2, 3]);
+  const jpeg = await assertMergeExact<ClassifiersReport>(
+    'classifiers',
+    'cls-jpeg',
+    ['--checkpoint', runDir, '--data', d.spec, '--synsets', d.synsets, '--batch-size', '3', '--workers', '2', '--examples', '4'],
+    [1, 2, 3],
+  );
   assert.equal(jpeg.images, 12, 'every image read is scored, with a box or without');
   assert.equal(jpeg.problems.byKind['decode-error'], 1, JSON.stringify(jpeg.problems));
 });
@@ -82,9 +132,30 @@ test('eval classifiers: merge of 1, 2, 3 shards = one process, on the held-out d
 test('eval merge refuses shares of two checkpoints, a missing and a duplicated shard, a directory without a share', async () => {
   const other = join(root, 'run-b');
   await trainTinyRun(other, { maxSteps: 4 });
-  const args = (run: string, i: number, n: number) => ['eval', 'localization', '--checkpoint', run, '--methods', 'casm,full', '--limit', '8', '--batch-size', '4', '--shard-index', String(i), '--num-shards', String(n)];
+  const args = (run: string, i: number, n: number) => [
+    'eval',
+    'localization',
+    '--checkpoint',
+    run,
+    '--methods',
+    'casm,full',
+    '--limit',
+    '8',
+    '--batch-size',
+    '4',
+    '--shard-index',
+    String(i),
+    '--num-shards',
+    String(n),
+  ];
   const dir = (tag: string) => join(root, `refuse-${tag}`);
-  for (const [tag, run, i, n] of [['a0', runDir, 0, 2], ['b1', other, 1, 2], ['a1', runDir, 1, 2], ['t0', runDir, 0, 3], ['t1', runDir, 1, 3]] as const) {
+  for (const [tag, run, i, n] of [
+    ['a0', runDir, 0, 2],
+    ['b1', other, 1, 2],
+    ['a1', runDir, 1, 2],
+    ['t0', runDir, 0, 3],
+    ['t1', runDir, 1, 3],
+  ] as const) {
     const r = await casm(...args(run, i, n), '--out', dir(tag));
     assert.equal(r.code, 0, r.err);
   }
@@ -99,7 +170,22 @@ test('eval merge refuses shares of two checkpoints, a missing and a duplicated s
   await refused([dir('a0'), dir('a0-copy'), dir('a1')], new RegExp(`shard 0 of 2 given twice: ${dir('a0')} and ${dir('a0-copy')}`));
   await refused([dir('a0'), dir('t1')], new RegExp(`${dir('a0')} is shard 0 of 2, ${dir('t1')} shard 1 of 3`));
   await refused([dir('a0'), runDir], new RegExp(`${runDir}: no share\\.json`));
-  const cls = await casm('eval', 'classifiers', '--checkpoint', runDir, '--limit', '8', '--batch-size', '4', '--shard-index', '1', '--num-shards', '2', '--out', dir('c1'));
+  const cls = await casm(
+    'eval',
+    'classifiers',
+    '--checkpoint',
+    runDir,
+    '--limit',
+    '8',
+    '--batch-size',
+    '4',
+    '--shard-index',
+    '1',
+    '--num-shards',
+    '2',
+    '--out',
+    dir('c1'),
+  );
   assert.equal(cls.code, 0, cls.err);
   await refused([dir('a0'), dir('c1')], new RegExp(`${dir('c1')}: a share of 'eval classifiers', not of 'eval localization'`));
   // The two that fit merge.

@@ -220,7 +220,10 @@ describe('SmoothGrad noise', () => {
       assert.ok(Math.abs(std[b] / sigma - 1) < 0.05, `image ${b}: noise std ${std[b]} vs sigma ${sigma}`);
     }
     assert.ok(tf.tidy(() => tf.max(tf.abs(tf.sub(n0, n1))).dataSync()[0]) > 0.1, 'samples 0 and 1 are the same');
-    assert.equal(tf.tidy(() => tf.max(tf.abs(tf.sub(n0, again))).dataSync()[0]), 0);
+    assert.equal(
+      tf.tidy(() => tf.max(tf.abs(tf.sub(n0, again))).dataSync()[0]),
+      0,
+    );
     tf.dispose([scaled, n0, n1, again]);
   });
 });
@@ -250,13 +253,19 @@ describe('explainer contract', () => {
   });
 
   test('bad input: unknown layer lists the valid ones; a target out of range is named; counts must match', () => {
-    assert.throws(() => new GradCam(classifier, 'conv_z'), /unknown layer 'conv_z' for model 'small_cnn': valid layers are conv_a, bn_a, relu_a, conv_b, relu_b, skip, pool, conv_c, relu_c$/);
+    assert.throws(
+      () => new GradCam(classifier, 'conv_z'),
+      /unknown layer 'conv_z' for model 'small_cnn': valid layers are conv_a, bn_a, relu_a, conv_b, relu_b, skip, pool, conv_c, relu_c$/,
+    );
     const v = new VanillaGradient(classifier);
     const before = tf.memory().numTensors;
     assert.throws(() => v.explain(x, [3, 5]), /target class 5 is outside the model's range 0\.\.4/);
     assert.throws(() => v.explain(x, [-1, 0]), /target class -1 is outside/);
     assert.throws(() => v.explain(x, [1]), /1 target classes for 2 images/);
-    assert.throws(() => new SmoothGrad(new GradCam(classifier), { samples: 1, multiplyByInput: true }).explain(x), /multiplyByInput needs maps shaped like the input/);
+    assert.throws(
+      () => new SmoothGrad(new GradCam(classifier), { samples: 1, multiplyByInput: true }).explain(x),
+      /multiplyByInput needs maps shaped like the input/,
+    );
     assert.equal(tf.memory().numTensors, before);
   });
 

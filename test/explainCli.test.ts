@@ -29,14 +29,19 @@ before(async () => {
   const digits = await loadCluttered({ split: 'test', count: 2, size: SIZE, seed: 5 });
   for (const [k, file] of [images[0], images[2]].entries()) {
     const gray = Buffer.from(digits.images.subarray(k * SIZE * SIZE, (k + 1) * SIZE * SIZE));
-    await sharp(gray, { raw: { width: SIZE, height: SIZE, channels: 1 } }).png().toFile(file);
+    await sharp(gray, { raw: { width: SIZE, height: SIZE, channels: 1 } })
+      .png()
+      .toFile(file);
   }
   writeFileSync(images[1], 'this is not a JPEG');
 });
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
 function casm(...args: string[]) {
-  const r = spawnSync(process.execPath, [cli, 'explain', '--backend', backend === 'cpu' ? 'cpu' : 'tensorflow', ...args], { encoding: 'utf8', timeout: 300_000 });
+  const r = spawnSync(process.execPath, [cli, 'explain', '--backend', backend === 'cpu' ? 'cpu' : 'tensorflow', ...args], {
+    encoding: 'utf8',
+    timeout: 300_000,
+  });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 

@@ -67,10 +67,16 @@ test('loadImages: cover-resize + centre crop, normalised; undecodable files repo
   const wide = Buffer.alloc(40 * 20 * 3);
   for (let p = 0; p < 40 * 20; p++) wide.set(p % 40 < 20 ? [255, 0, 0] : [0, 0, 255], p * 3);
   const files = [join(tmp, 'wide.png'), join(tmp, 'bad.png'), join(tmp, 'gray.png'), join(tmp, 'photo.jpg')];
-  await sharp(wide, { raw: { width: 40, height: 20, channels: 3 } }).png().toFile(files[0]);
+  await sharp(wide, { raw: { width: 40, height: 20, channels: 3 } })
+    .png()
+    .toFile(files[0]);
   writeFileSync(files[1], 'not an image');
-  await sharp(Buffer.alloc(30 * 30, 255), { raw: { width: 30, height: 30, channels: 1 } }).png().toFile(files[2]);
-  await sharp(Buffer.alloc(30 * 30 * 3, 255), { raw: { width: 30, height: 30, channels: 3 } }).jpeg().toFile(files[3]);
+  await sharp(Buffer.alloc(30 * 30, 255), { raw: { width: 30, height: 30, channels: 1 } })
+    .png()
+    .toFile(files[2]);
+  await sharp(Buffer.alloc(30 * 30 * 3, 255), { raw: { width: 30, height: 30, channels: 3 } })
+    .jpeg()
+    .toFile(files[3]);
   const skipped: string[] = [];
   const out = await loadImages(files, [16, 16, 3], (f, reason) => skipped.push(`${f}: ${reason}`));
   assert.ok(out);

@@ -35,7 +35,7 @@ let backend = '';
 /** Cluttered digits as RGB pixel values (0..255, the exported network's input) and as [0,1], N x 64 x 64 x 3; as PNG files in imageDir. */
 let pixels: tf.Tensor4D;
 let x01: tf.Tensor4D;
-let imageFiles: string[] = [];
+const imageFiles: string[] = [];
 
 before(async () => {
   backend = await useTestBackend();
@@ -44,7 +44,12 @@ before(async () => {
   const rgb = new Uint8Array(set.n * SIZE * SIZE * 3);
   for (let p = 0; p < set.n * SIZE * SIZE; p++) rgb.fill(set.images[p], p * 3, p * 3 + 3);
   pixels = tf.tensor4d(Float32Array.from(rgb), [set.n, SIZE, SIZE, 3]);
-  x01 = tf.tidy(() => tf.tensor4d(Float32Array.from(rgb, (v) => v / 255), [set.n, SIZE, SIZE, 3]));
+  x01 = tf.tidy(() =>
+    tf.tensor4d(
+      Float32Array.from(rgb, (v) => v / 255),
+      [set.n, SIZE, SIZE, 3],
+    ),
+  );
   mkdirSync(imageDir);
   for (let i = 0; i < set.n; i++) {
     const file = join(imageDir, `digit${i}.png`);
@@ -136,7 +141,21 @@ test('export writes model.json, shards and masker.json; plain tfjs reproduces th
   const classes = new Set(topology.config.layers.map((l) => l.class_name));
   for (const c of classes) {
     assert.ok(
-      ['InputLayer', 'DepthwiseConv2D', 'Embedding', 'Reshape', 'Conv2D', 'BatchNormalization', 'ReLU', 'ZeroPadding2D', 'MaxPooling2D', 'Add', 'Concatenate', 'UpSampling2D', 'Activation'].includes(c),
+      [
+        'InputLayer',
+        'DepthwiseConv2D',
+        'Embedding',
+        'Reshape',
+        'Conv2D',
+        'BatchNormalization',
+        'ReLU',
+        'ZeroPadding2D',
+        'MaxPooling2D',
+        'Add',
+        'Concatenate',
+        'UpSampling2D',
+        'Activation',
+      ].includes(c),
       `unexpected layer class ${c}`,
     );
   }
@@ -231,7 +250,9 @@ test('a float16 export is half the size, loads through plain tfjs, and its weigh
   tf.dispose([masks, reference]);
   model.dispose();
   plain.dispose();
-  console.log(`# float16: ${size} bytes (float32 ${full}); weights max rel err ${worstRel.toExponential(2)}; masks max |diff| vs float32 export = ${diff.toExponential(3)}`);
+  console.log(
+    `# float16: ${size} bytes (float32 ${full}); weights max rel err ${worstRel.toExponential(2)}; masks max |diff| vs float32 export = ${diff.toExponential(3)}`,
+  );
   // Masks: a sanity bound only (how far 2^-11 moves them depends on the network).
   assert.ok(diff < 0.1, `float16: masks max |diff| ${diff}`);
 });
@@ -300,7 +321,12 @@ function editedExport(name: string, weight: RegExp, value: number): string {
 test('integrity: an edited shard is refused by its hash; non-finite weights and masks are refused naming the model', async () => {
   const meta = JSON.parse(readFileSync(join(exportDir, 'masker.json'), 'utf8')) as MaskerMeta;
   assert.deepEqual(Object.keys(meta.files!).sort(), ['group1-shard1of1.bin', 'model.json']);
-  assert.equal(meta.files!['model.json'], createHash('sha256').update(readFileSync(join(exportDir, 'model.json'))).digest('hex'));
+  assert.equal(
+    meta.files!['model.json'],
+    createHash('sha256')
+      .update(readFileSync(join(exportDir, 'model.json')))
+      .digest('hex'),
+  );
 
   const tampered = join(root, 'tampered');
   cpSync(exportDir, tampered, { recursive: true });
@@ -317,7 +343,12 @@ test('integrity: an edited shard is refused by its hash; non-finite weights and 
   const negative = editedExport('nan-masks', /decoder_bn1\/moving_variance/, -1);
   const images = join(root, 'nan-images');
   mkdirSync(images, { recursive: true });
-  writeFileSync(join(images, 'a.png'), await sharp({ create: { width: 40, height: 30, channels: 3, background: '#468' } }).png().toBuffer());
+  writeFileSync(
+    join(images, 'a.png'),
+    await sharp({ create: { width: 40, height: 30, channels: 3, background: '#468' } })
+      .png()
+      .toBuffer(),
+  );
   await assert.rejects(
     maskCommand({ model: negative, inputs: [images], out: join(root, 'nan-out'), batchSize: 2, png: false, npy: false, boxes: false, log: () => {} }),
     /nan-masks: the network gave a non-finite mask value \(NaN\) for .*a\.png/,
@@ -349,12 +380,18 @@ test("casm mask: masks equal the exported network's, PNG/NPY/JSON lines written,
   assert.match(logs.join('\n'), /mask: 7\/7 images, 6 masks, 1 skipped/);
   assert.match(logs.join('\n'), /skipped 1 image\(s\) that could not be decoded:\n {2}.*broken\.png/);
 
-  const lines = readFileSync(join(out, 'masks.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  const lines = readFileSync(join(out, 'masks.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
   assert.equal(lines.length, 7);
   const skippedLine = lines.find((l) => l.skipped === true)!;
   assert.equal(skippedLine.file, join(inputs, 'broken.png'));
   const records = lines.filter((l) => !l.skipped) as { file: string; name: string; area: number; box: number[] | null; size: number[] }[];
-  assert.deepEqual(records.map((r) => r.name), ['digit0', 'digit1', 'digit2', 'digit3', 'digit4', 'digit5']);
+  assert.deepEqual(
+    records.map((r) => r.name),
+    ['digit0', 'digit1', 'digit2', 'digit3', 'digit4', 'digit5'],
+  );
 
   // Masks written as .npy equal the exported network's masks on the same pixels.
   const values = await exportedMasks();
@@ -382,7 +419,16 @@ test("casm mask: masks equal the exported network's, PNG/NPY/JSON lines written,
 
   // Nothing decodable at all: an error, not an empty success.
   await assert.rejects(
-    maskCommand({ model: exportDir, inputs: [join(inputs, 'broken.png')], out: join(root, 'mask-none'), png: false, npy: false, boxes: false, batchSize: 4, log: () => {} }),
+    maskCommand({
+      model: exportDir,
+      inputs: [join(inputs, 'broken.png')],
+      out: join(root, 'mask-none'),
+      png: false,
+      npy: false,
+      boxes: false,
+      batchSize: 4,
+      log: () => {},
+    }),
     /none of the 1 image\(s\) could be decoded/,
   );
 });
@@ -409,10 +455,16 @@ test('casm mask --data: shards through the decode workers give the same masks; a
     log: (l) => logs.push(l),
   });
   assert.equal(tf.memory().numTensors, before, 'casm mask --data leaks no tensors');
-  assert.deepEqual(result.records.map((r) => r.name), ['d_digit0', 'd_digit1', 'd_digit2', 'd_digit3', 'd_digit4', 'd_digit5']);
+  assert.deepEqual(
+    result.records.map((r) => r.name),
+    ['d_digit0', 'd_digit1', 'd_digit2', 'd_digit3', 'd_digit4', 'd_digit5'],
+  );
   assert.ok(result.records.every((r) => r.file.startsWith(`${shard}@`)));
   assert.equal(result.skipped.length, 2);
-  assert.ok(result.skipped.every((s) => s.startsWith(`${shard}@`) && /@\d+$/.test(s)), result.skipped.join());
+  assert.ok(
+    result.skipped.every((s) => s.startsWith(`${shard}@`) && /@\d+$/.test(s)),
+    result.skipped.join(),
+  );
   assert.match(logs.join('\n'), /mask: 7\/7 images, 6 masks, 2 skipped \(100%\)/);
   assert.ok(!logs.some((l) => /mask: \d+\/7 images.*\((1[0-9][1-9]|[2-9]\d\d)%\)/.test(l)), 'never above 100%');
   const values = await exportedMasks();

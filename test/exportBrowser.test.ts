@@ -77,7 +77,9 @@ before(async () => {
   const set = await loadCluttered({ split: 'test', count: 2, seed: 5, size: SIZE, minDigit: 20, maxDigit: 40 });
   const rgb = Buffer.alloc(SIZE * SIZE * 3);
   for (let p = 0; p < SIZE * SIZE; p++) rgb.fill(set.images[SIZE * SIZE + p], p * 3, p * 3 + 3);
-  await sharp(rgb, { raw: { width: SIZE, height: SIZE, channels: 3 } }).png().toFile(imagePath);
+  await sharp(rgb, { raw: { width: SIZE, height: SIZE, channels: 3 } })
+    .png()
+    .toFile(imagePath);
   writeFileSync(join(root, 'broken.png'), 'not an image');
   base = await serve();
 });
@@ -121,16 +123,20 @@ test("the web page runs the exported network in headless chromium; its mask matc
     });
     await page.goto(`${base}/web/index.html`);
     const ready = (await page.evaluate(() => (window as unknown as { casm: { ready: Promise<unknown> } }).casm.ready)) as { backend: string };
-    assert.match(await page.textContent('#status') ?? '', /model: .*, sha256 checked\) on /);
+    assert.match((await page.textContent('#status')) ?? '', /model: .*, sha256 checked\) on /);
 
     await page.setInputFiles('#file', imagePath);
-    await page.waitForFunction(() => (window as unknown as { casm: { last: unknown; error: unknown } }).casm.last || (window as unknown as { casm: { error: unknown } }).casm.error, null, {
-      timeout: 60_000,
-    });
+    await page.waitForFunction(
+      () => (window as unknown as { casm: { last: unknown; error: unknown } }).casm.last || (window as unknown as { casm: { error: unknown } }).casm.error,
+      null,
+      {
+        timeout: 60_000,
+      },
+    );
     const result = (await page.evaluate(() => (window as unknown as { casm: { last: unknown; error: unknown } }).casm.last)) as PageResult | null;
     assert.ok(result, `page error: ${await page.evaluate(() => (window as unknown as { casm: { error: unknown } }).casm.error)}\n${consoleLines.join('\n')}`);
     assert.deepEqual(result.size, [SIZE, SIZE]);
-    assert.match(await page.textContent('#status') ?? '', /digits\.png: mask area .*%, box /);
+    assert.match((await page.textContent('#status')) ?? '', /digits\.png: mask area .*%, box /);
 
     const shot = join(root, 'browser-test.png');
     await page.screenshot({ path: shot, fullPage: true });
@@ -164,12 +170,15 @@ test("the web page runs the exported network in headless chromium; its mask matc
     await page.evaluate(() => ((window as unknown as { casm: { last: unknown } }).casm.last = null));
     await page.setInputFiles('#file', join(root, 'broken.png'));
     await page.waitForFunction(() => (window as unknown as { casm: { error: unknown } }).casm.error);
-    assert.match(await page.textContent('#status') ?? '', /broken\.png: cannot decode it as an image/);
+    assert.match((await page.textContent('#status')) ?? '', /broken\.png: cannot decode it as an image/);
 
     // A tampered export: refused before tfjs sees it, naming the file.
     await page.goto(`${base}/web/index.html?model=tampered/`);
     await page.waitForFunction(() => (window as unknown as { casm: { error: unknown } }).casm.error);
-    assert.match(await page.textContent('#status') ?? '', /cannot load the model: .*\/web\/tampered\/group1-shard1of1\.bin: corrupt \(sha256 differs from masker\.json\)/);
+    assert.match(
+      (await page.textContent('#status')) ?? '',
+      /cannot load the model: .*\/web\/tampered\/group1-shard1of1\.bin: corrupt \(sha256 differs from masker\.json\)/,
+    );
     assert.deepEqual(foreign, [], 'the page requested nothing outside the local server');
   } finally {
     await context.close();

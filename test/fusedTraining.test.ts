@@ -84,7 +84,13 @@ test('the fused path runs far fewer kernels and frees what it makes', async () =
 });
 
 test('a CASM iteration with the fused path: losses and updated weights as the plain one', () => {
-  const config = defaultTrainConfig({ arch: ARCH, masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true, stride: 4 }, batchSize: 4, warmupSteps: 0, seed: 2 });
+  const config = defaultTrainConfig({
+    arch: ARCH,
+    masker: { decoderWidth: 8, upsample: 'nearest', shareEncoder: true, stride: 4 },
+    batchSize: 4,
+    warmupSteps: 0,
+    seed: 2,
+  });
   const run = (on: boolean) => {
     setFusedTraining(on);
     const t = new CasmTrainer(config);
@@ -149,13 +155,22 @@ test('convolutions compute only the gradients the backward pass needs, with the 
 test("inference-mode batchNorm: each input's gradient as tfjs's own", () => {
   const c = 6;
   const xs = tf.randomNormal([2, 3, 4, c], 1, 2, 'float32', 5) as tf.Tensor4D;
-  const stats = [tf.randomNormal([c], 0, 1, 'float32', 6), tf.randomUniform([c], 0.5, 2, 'float32', 7), tf.randomNormal([c], 1, 0.3, 'float32', 8), tf.randomNormal([c], 0, 1, 'float32', 9)];
+  const stats = [
+    tf.randomNormal([c], 0, 1, 'float32', 6),
+    tf.randomUniform([c], 0.5, 2, 'float32', 7),
+    tf.randomNormal([c], 1, 0.3, 'float32', 8),
+    tf.randomNormal([c], 0, 1, 'float32', 9),
+  ];
   const w = tf.randomNormal(xs.shape, 0, 1, 'float32', 10);
   const f = (a: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) =>
     tf.sum(tf.mul(tf.batchNorm(a as tf.Tensor4D, mean as tf.Tensor1D, variance as tf.Tensor1D, offset as tf.Tensor1D, scale as tf.Tensor1D, 1e-3), w));
   const grads = (on: boolean) => {
     setFusedTraining(on);
-    const g = tf.tidy(() => tf.grads(f)([xs, ...stats]).map((t) => t.dataSync() as Float32Array));
+    const g = tf.tidy(() =>
+      tf
+        .grads(f)([xs, ...stats])
+        .map((t) => t.dataSync() as Float32Array),
+    );
     setFusedTraining(false);
     return g;
   };
@@ -165,7 +180,10 @@ test("inference-mode batchNorm: each input's gradient as tfjs's own", () => {
     assert.ok(e < 1e-5, `d/d${name}: ${e}`);
     if (!native) assert.equal(e, 0);
   });
-  assert.ok(plain.every((g) => g.some((v) => v !== 0)), 'every gradient is non-trivial');
+  assert.ok(
+    plain.every((g) => g.some((v) => v !== 0)),
+    'every gradient is non-trivial',
+  );
   tf.dispose([xs, ...stats, w]);
 });
 

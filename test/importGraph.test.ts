@@ -72,7 +72,10 @@ function cycles(graph: Map<string, { to: string; typeOnly: boolean }[]>): string
 test('src/ follows the flow: no import from a later part, every part named, no import cycle', () => {
   const graph = importGraph();
   assert.ok(graph.size > 50, `read ${graph.size} files`);
-  assert.ok((graph.get('cli.ts') ?? []).some((e) => e.to === 'train/train.ts'), 'the graph holds the real imports');
+  assert.ok(
+    (graph.get('cli.ts') ?? []).some((e) => e.to === 'train/train.ts'),
+    'the graph holds the real imports',
+  );
   assert.deepEqual(backEdges(graph), []);
   assert.deepEqual(cycles(graph), []);
   // FLOW names every part there is, and nothing else.

@@ -38,7 +38,9 @@ const RADII = [DEFAULT_RADIUS, 10];
 async function mosaic(): Promise<Uint8Array> {
   const rgb = new Uint8Array(W * H * 3);
   for (let k = 0; k < COLS * ROWS; k++) {
-    const { data, info } = await sharp(await digitJpeg(k, TILE, TILE, 85)).raw().toBuffer({ resolveWithObject: true });
+    const { data, info } = await sharp(await digitJpeg(k, TILE, TILE, 85))
+      .raw()
+      .toBuffer({ resolveWithObject: true });
     assert.equal(info.channels, 3);
     const x0 = (k % COLS) * TILE;
     const y0 = Math.floor(k / COLS) * TILE;

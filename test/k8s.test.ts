@@ -40,7 +40,24 @@ interface Manifest {
 
 test('k8s: an Indexed Job of 3 shards and a merge Job, valid by the Kubernetes schemas; their pods give the one-process report', () => {
   const evalArgs = ['--checkpoint', runDir, '--methods', 'casm,vanilla,full', '--limit', '14', '--batch-size', '4', '--examples', '3', '--backend', backend];
-  const common = ['--name', 'digits', '--image', 'casm-ts:test', '--claim', 'casm-work', '--mount', root, '--shards', '3', '--parallelism', '2', '--gpus', '1', '--out', join(root, 'evals', 'k8s')];
+  const common = [
+    '--name',
+    'digits',
+    '--image',
+    'casm-ts:test',
+    '--claim',
+    'casm-work',
+    '--mount',
+    root,
+    '--shards',
+    '3',
+    '--parallelism',
+    '2',
+    '--gpus',
+    '1',
+    '--out',
+    join(root, 'evals', 'k8s'),
+  ];
   const made = (['shards', 'merge'] as const).map((part) => {
     const r = jobs(['localization', '--part', part, ...common, '--', ...evalArgs]);
     assert.equal(r.status, 0, r.stderr);
@@ -85,7 +102,10 @@ test('k8s: bad options are refused with exit 2, naming the problem; the schemas 
   }
   // The check the manifests pass is a real one: a string count and an unknown completion mode fail it.
   const ok = JSON.parse(jobs([...base, '--shards', '2']).stdout) as Manifest;
-  for (const broken of [{ ...ok.spec, completions: '2' }, { ...ok.spec, completionMode: 'Indexd' }]) {
+  for (const broken of [
+    { ...ok.spec, completions: '2' },
+    { ...ok.spec, completionMode: 'Indexd' },
+  ]) {
     assert.throws(() => new Job({ ...ok, spec: broken } as unknown as ConstructorParameters<typeof Job>[0]).validate(), /completion/);
   }
 });

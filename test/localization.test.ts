@@ -14,24 +14,12 @@ function grid(rows: string[]): { b: Uint8Array; h: number; w: number } {
 }
 
 test('largest 4-connected component wins over a smaller blob', () => {
-  const { b, h, w } = grid([
-    '##......',
-    '##......',
-    '....###.',
-    '....###.',
-    '....###.',
-    '........',
-  ]);
+  const { b, h, w } = grid(['##......', '##......', '....###.', '....###.', '....###.', '........']);
   assert.deepEqual(largestComponentBox(b, h, w), [4, 2, 7, 5]);
 });
 
 test('pixels touching only at corners are separate components', () => {
-  const { b, h, w } = grid([
-    '#.....',
-    '.#....',
-    '..##..',
-    '..##..',
-  ]);
+  const { b, h, w } = grid(['#.....', '.#....', '..##..', '..##..']);
   // The 2x2 block (4 px) beats the two single diagonal pixels; 8-connectivity would give [0,0,4,4].
   assert.deepEqual(largestComponentBox(b, h, w), [2, 2, 4, 4]);
 });
@@ -59,7 +47,16 @@ test('IoU on hand-computed boxes, hit strictly above 0.5', () => {
   assert.equal(isHit([0, 0, 10, 10], [[0, 0, 10, 20]]), false);
   assert.equal(isHit([0, 0, 10, 11], [[0, 0, 10, 20]]), true);
   // Any of several ground-truth boxes counts.
-  assert.equal(isHit([0, 0, 10, 10], [[50, 50, 60, 60], [1, 1, 10, 10]]), true);
+  assert.equal(
+    isHit(
+      [0, 0, 10, 10],
+      [
+        [50, 50, 60, 60],
+        [1, 1, 10, 10],
+      ],
+    ),
+    true,
+  );
 });
 
 test('centre box has a 33-pixel margin at 224', () => {
@@ -86,14 +83,25 @@ test('top-k binarisation keeps round(mean * N) pixels, earlier first among equal
 /** 4x4 mask: ones on the top-left 2x2 block and on (2,3), (3,3) (x, y). */
 function f1Mask(): Float32Array {
   const m = new Float32Array(16);
-  for (const [x, y] of [[0, 0], [1, 0], [0, 1], [1, 1], [2, 3], [3, 3]]) m[y * 4 + x] = 1;
+  for (const [x, y] of [
+    [0, 0],
+    [1, 0],
+    [0, 1],
+    [1, 1],
+    [2, 3],
+    [3, 3],
+  ])
+    m[y * 4 + x] = 1;
   return m;
 }
 
 test('continuous F1: max over boxes (F1) and mean (F1a), hand-derived', () => {
   // Box A = the top-left 2x2: P = 4/6, R = 1, F1 = 0.8. Box B = the bottom-right 2x2: inside 2,
   // P = 2/6, R = 2/4, F1 = 0.4.
-  const f = f1Scores(f1Mask(), 4, 4, [[0, 0, 2, 2], [2, 2, 4, 4]]);
+  const f = f1Scores(f1Mask(), 4, 4, [
+    [0, 0, 2, 2],
+    [2, 2, 4, 4],
+  ]);
   assert.ok(Math.abs(f.max - 0.8) < 1e-12, `F1 ${f.max}`);
   assert.ok(Math.abs(f.mean - 0.6) < 1e-12, `F1a ${f.mean}`);
   // A box reaching outside the image is clipped first: [-2,-2,2,2] is box A.

@@ -53,7 +53,10 @@ test('the shared encoder is read stop-gradient: the masker output has no gradien
   });
   assert.throws(() => tf.grad((f: tf.Tensor) => tf.sum(masker.apply(x, [f, ...feats.slice(1)], true)))(feats[0]), /Cannot compute gradient/);
   // The decoder's own weights do get gradients.
-  const { grads } = tf.variableGrads(() => tf.sum(masker.apply(x, feats, true)) as tf.Scalar, masker.trainableWeights.map((w) => w.read() as tf.Variable));
+  const { grads } = tf.variableGrads(
+    () => tf.sum(masker.apply(x, feats, true)) as tf.Scalar,
+    masker.trainableWeights.map((w) => w.read() as tf.Variable),
+  );
   assert.equal(Object.keys(grads).length, masker.trainableWeights.length);
   tf.dispose([x, ...feats, ...Object.values(grads)]);
 });
@@ -66,7 +69,10 @@ test('the non-shared masker owns a ResNet encoder and trains it', () => {
   assert.equal(masker.trainableWeights.length, encoderWeights + masker.decoder.trainableWeights.length);
   const x = tf.randomNormal([1, 64, 64, 3]) as tf.Tensor4D;
   // Shared features are ignored: the encoder computes its own.
-  const { grads } = tf.variableGrads(() => tf.sum(masker.apply(x, [], true)) as tf.Scalar, masker.trainableWeights.map((w) => w.read() as tf.Variable));
+  const { grads } = tf.variableGrads(
+    () => tf.sum(masker.apply(x, [], true)) as tf.Scalar,
+    masker.trainableWeights.map((w) => w.read() as tf.Variable),
+  );
   const first = grads[(masker.encoder.trainableWeights[0].read() as tf.Variable).name];
   assert.ok(tf.tidy(() => tf.max(tf.abs(first)).dataSync()[0]) > 0, 'no gradient reaches the masker encoder');
   tf.dispose([x, ...Object.values(grads)]);
@@ -101,14 +107,23 @@ for (const stride of [8, 16, 32] as const) {
     for (let i = 0; i < stride; i++) for (let j = 0; j < stride; j++) assert.equal(m[i * 64 + j], m[0]);
     assert.notEqual(m[stride], m[0], 'neighbouring blocks should differ');
     // One projection per stage used: stages 2-4 at stride 8, 3-4 at 16, 4 at 32.
-    const projections = masker.decoder.layers.filter((l) => l.name.startsWith('decoder_proj')).map((l) => l.name).sort();
-    assert.deepEqual(projections, [2, 3, 4].filter((k) => sides[k]! <= 64 / stride).map((k) => `decoder_proj${k}`));
+    const projections = masker.decoder.layers
+      .filter((l) => l.name.startsWith('decoder_proj'))
+      .map((l) => l.name)
+      .sort();
+    assert.deepEqual(
+      projections,
+      [2, 3, 4].filter((k) => sides[k]! <= 64 / stride).map((k) => `decoder_proj${k}`),
+    );
     // Changing the finer maps leaves the mask as it is; changing a used map does not.
     const noise = (k: number) => tf.randomNormal(feats[k]!.shape, 0, 1, 'float32', 50 + k);
     const finer = [noise(0), noise(1), ...feats.slice(2)];
     assert.deepEqual(Array.from(mask(finer)), Array.from(m));
     const deeper = [...feats.slice(0, 4), noise(4)];
-    assert.ok(mask(deeper).some((v, i) => Math.abs(v - m[i]!) > 1e-6), 'the deepest map should change the mask');
+    assert.ok(
+      mask(deeper).some((v, i) => Math.abs(v - m[i]!) > 1e-6),
+      'the deepest map should change the mask',
+    );
     tf.dispose([x, ...feats, finer[0]!, finer[1]!, deeper[4]!]);
   });
 }

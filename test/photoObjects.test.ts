@@ -37,7 +37,10 @@ test('photo objects: every box is the tight box of its object mask (alpha >= 128
     assert.equal(m.images.filter((im) => im.split === 'train').length, 2 * 3, 'training images of the seen classes only');
     const ann = loadAnnotations(join(out, 'val_xml'), new Problems());
     for (const im of val) {
-      const { data, info } = await sharp(join(out, 'val_masks', `${im.id}.png`)).extractChannel(0).raw().toBuffer({ resolveWithObject: true });
+      const { data, info } = await sharp(join(out, 'val_masks', `${im.id}.png`))
+        .extractChannel(0)
+        .raw()
+        .toBuffer({ resolveWithObject: true });
       assert.deepEqual([info.width, info.height, info.channels], [200, 150, 1]);
       let [x0, y0, x1, y1, n] = [Infinity, Infinity, -1, -1, 0];
       for (let y = 0; y < info.height; y++) {
@@ -96,7 +99,10 @@ test('photo objects: the layouts read back with their boxes (ImageFolder + VOC X
     const seen: string[] = [];
     for await (const b of data.batches()) {
       b.sources.forEach((src, i) => {
-        const id = src.split('/').at(-1)!.replace(/\.jpg@.*$/, '');
+        const id = src
+          .split('/')
+          .at(-1)!
+          .replace(/\.jpg@.*$/, '');
         const im = m.images.find((e) => e.id === id)!;
         seen.push(id);
         const [x0, y0, x1, y1] = im.box;
@@ -147,13 +153,25 @@ test('photo objects: the default class split is 10 seen and 3 unseen, each with 
 test('photo objects: the fetched backgrounds leave out the photos of class objects and hold the added wallpapers', () => {
   // The lists live in the fetch script; a cache of an older layout would still hold the flowers and the sheep.
   const script = readFileSync(join(root, 'scripts', 'fetch-photo-sources.sh'), 'utf8');
-  const list = (name: string) => script.match(new RegExp(`^${name}=\\(([^)]*)\\)`, 'm'))![1]!.split(/\s+/).filter(Boolean);
+  const list = (name: string) =>
+    script
+      .match(new RegExp(`^${name}=\\(([^)]*)\\)`, 'm'))![1]!
+      .split(/\s+/)
+      .filter(Boolean);
   const have = readdirSync(join(sources, 'backgrounds'));
   const excluded = list('EXCLUDED');
   assert.ok(excluded.includes('Garden.jpg') && excluded.includes('sheep.jpg'), 'the exclusion list was read');
-  assert.deepEqual(excluded.filter((f) => have.includes(f)), [], 'no background shows an object of a class');
+  assert.deepEqual(
+    excluded.filter((f) => have.includes(f)),
+    [],
+    'no background shows an object of a class',
+  );
   const added = [...list('PLASMA').map((w) => `plasma_${w}.jpg`), ...list('LOMIRI').map((w) => `${w}.jpg`)];
-  assert.deepEqual(added.filter((f) => !have.includes(f)), [], 'every selected wallpaper was fetched');
+  assert.deepEqual(
+    added.filter((f) => !have.includes(f)),
+    [],
+    'every selected wallpaper was fetched',
+  );
   assert.equal(have.length, 41);
 });
 
@@ -169,7 +187,10 @@ test('photo objects: --val-on-train-backgrounds moves the validation objects ont
     // Same objects at the same places: instance, box and mask area of every validation image.
     const key = (im: PhotoImage) => [im.id, im.class, im.instance, im.box.join(','), im.maskArea].join(' ');
     assert.deepEqual(val(b).map(key), val(a).map(key));
-    assert.equal(readFileSync(join(base, 'b', 'val_xml', `${val(a)[0]!.id}.xml`), 'utf8'), readFileSync(join(base, 'a', 'val_xml', `${val(a)[0]!.id}.xml`), 'utf8'));
+    assert.equal(
+      readFileSync(join(base, 'b', 'val_xml', `${val(a)[0]!.id}.xml`), 'utf8'),
+      readFileSync(join(base, 'a', 'val_xml', `${val(a)[0]!.id}.xml`), 'utf8'),
+    );
   } finally {
     rmSync(base, { recursive: true, force: true });
   }

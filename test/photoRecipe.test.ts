@@ -24,7 +24,6 @@ const repo = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const root = mkdtempSync(join(tmpdir(), 'casm-photo-recipe-'));
 test.after(() => rmSync(root, { recursive: true, force: true }));
 
-
 test('small-photos preset on photo objects: trained from shards, evaluated on seen and unseen classes', async () => {
   const set = join(root, 'set');
   await makePhotoObjects({
@@ -41,10 +40,37 @@ test('small-photos preset on photo objects: trained from shards, evaluated on se
   // The preset's recipe at a tiny scale; --lambda-in and --color-jitter given explicitly win over the preset's;
   // the class count comes from --synsets (no --num-classes).
   const r = await casm(
-    'train', '--preset', 'small-photos', '--data', join(set, 'shards', 'train-000000.tar'), '--synsets', join(set, 'classes.txt'),
-    '--val', join(set, 'shards', 'val-000000.tar'), '--boxes', join(set, 'val_xml'),
-    '--width', '4', '--input-size', '32', '--decoder-width', '4', '--batch-size', '4', '--warmup-steps', '2', '--max-steps', '5',
-    '--lambda-in', '0.25', '--color-jitter', '0.3', '--workers', '1', '--out', run,
+    'train',
+    '--preset',
+    'small-photos',
+    '--data',
+    join(set, 'shards', 'train-000000.tar'),
+    '--synsets',
+    join(set, 'classes.txt'),
+    '--val',
+    join(set, 'shards', 'val-000000.tar'),
+    '--boxes',
+    join(set, 'val_xml'),
+    '--width',
+    '4',
+    '--input-size',
+    '32',
+    '--decoder-width',
+    '4',
+    '--batch-size',
+    '4',
+    '--warmup-steps',
+    '2',
+    '--max-steps',
+    '5',
+    '--lambda-in',
+    '0.25',
+    '--color-jitter',
+    '0.3',
+    '--workers',
+    '1',
+    '--out',
+    run,
   );
   assert.equal(r.code, 0, r.err);
   const preset = PRESETS['small-photos'];
@@ -58,9 +84,28 @@ test('small-photos preset on photo objects: trained from shards, evaluated on se
 
   const out = join(root, 'eval');
   const e = await casm(
-    'eval', 'localization', '--checkpoint', run, '--compare', run, '--data', join(set, 'val'), '--boxes', join(set, 'val_xml'),
-    '--synsets', join(set, 'classes.txt'), '--seen', join(set, 'seen.txt'), '--methods', 'casm,gradcam,vanilla,centre,full',
-    '--samples', '2', '--workers', '1', '--out', out,
+    'eval',
+    'localization',
+    '--checkpoint',
+    run,
+    '--compare',
+    run,
+    '--data',
+    join(set, 'val'),
+    '--boxes',
+    join(set, 'val_xml'),
+    '--synsets',
+    join(set, 'classes.txt'),
+    '--seen',
+    join(set, 'seen.txt'),
+    '--methods',
+    'casm,gradcam,vanilla,centre,full',
+    '--samples',
+    '2',
+    '--workers',
+    '1',
+    '--out',
+    out,
   );
   assert.equal(e.code, 0, e.err);
   const report = JSON.parse(readFileSync(join(out, 'report.json'), 'utf8')) as LocalizationReport;

@@ -36,7 +36,10 @@ function drawCounts(pool: ClassifierPool, rng: Rng, n: number) {
 test('F: the pool is f_0 alone, taken once, and the masker always sees it', () => {
   const { pool, takes, rng } = run('F', 500);
   assert.equal(takes, 1);
-  assert.deepEqual(pool.snapshots.map((s) => s.step), [-1]);
+  assert.deepEqual(
+    pool.snapshots.map((s) => s.step),
+    [-1],
+  );
   assert.equal(pool.snapshots[0].weights[0][0], -1);
   const { current, bySnapshot } = drawCounts(pool, rng, 1000);
   assert.equal(current, 0);
@@ -53,7 +56,10 @@ test('L: no snapshots, the masker always sees the current classifier', () => {
 test('FL: f_1 after its first update, then current or f_1 with probability 1/2 each', () => {
   const { pool, takes, rng } = run('FL', 500);
   assert.equal(takes, 1);
-  assert.deepEqual(pool.snapshots.map((s) => s.step), [0]);
+  assert.deepEqual(
+    pool.snapshots.map((s) => s.step),
+    [0],
+  );
   assert.equal(pool.snapshots[0].weights[0][0], 0, 'the snapshot holds the weights after update 0');
   const n = 20_000;
   const { current } = drawCounts(pool, rng, n);
@@ -80,7 +86,10 @@ test('L100: a snapshot every 100 iterations, at most 30, full pool replaces a ra
   assert.ok(Math.min(...steps) < 7_000, `oldest kept ${Math.min(...steps)}`);
   // The first 30 snapshots fill the pool in order.
   const early = run('L100', 3_000).pool.snapshots.map((s) => s.step);
-  assert.deepEqual(early, Array.from({ length: 30 }, (_, i) => i * 100));
+  assert.deepEqual(
+    early,
+    Array.from({ length: 30 }, (_, i) => i * 100),
+  );
 
   const n = 60_000;
   const { current, bySnapshot } = drawCounts(pool, rng, n);
@@ -92,7 +101,10 @@ test('L100: a snapshot every 100 iterations, at most 30, full pool replaces a ra
 test('L1000: a snapshot every 1000 iterations', () => {
   const { pool, takes } = run('L1000', 5_500);
   assert.equal(takes, 6);
-  assert.deepEqual(pool.snapshots.map((s) => s.step), [0, 1000, 2000, 3000, 4000, 5000]);
+  assert.deepEqual(
+    pool.snapshots.map((s) => s.step),
+    [0, 1000, 2000, 3000, 4000, 5000],
+  );
 });
 
 test('replacement over many seeds is uniform over the pool slots', () => {

@@ -22,8 +22,33 @@ before(async () => {
 after(() => rmSync(root, { recursive: true, force: true }));
 
 // A run whose data and schedule differ from every default: 200 digits of classes 0-4, 8 per batch.
-const START = ['train', '--train-count', '200', '--classes', '0-4', '--val-count', '8', '--batch-size', '8', '--width', '4', '--input-size', '32',
-  '--warmup-steps', '3', '--epochs', '4', '--lr-classifier', '0.02', '--lr-decay-epochs', '2', '--checkpoint-every', '10', '--log-every', '10'];
+const START = [
+  'train',
+  '--train-count',
+  '200',
+  '--classes',
+  '0-4',
+  '--val-count',
+  '8',
+  '--batch-size',
+  '8',
+  '--width',
+  '4',
+  '--input-size',
+  '32',
+  '--warmup-steps',
+  '3',
+  '--epochs',
+  '4',
+  '--lr-classifier',
+  '0.02',
+  '--lr-decay-epochs',
+  '2',
+  '--checkpoint-every',
+  '10',
+  '--log-every',
+  '10',
+];
 
 test('a resume continues on the saved data and schedule: bit-identical to the straight run', async () => {
   const straight = await casm(...START, '--out', join(root, 'straight'));
@@ -46,7 +71,10 @@ test('a resume continues on the saved data and schedule: bit-identical to the st
     assert.equal(y.length, x.length, file);
     x.forEach((t, i) => assert.ok(t.equals(y[i]!), `${file}: tensor ${i} differs`));
   }
-  const recorded = JSON.parse(readFileSync(join(root, 'half', 'config.json'), 'utf8')) as { data: { trainCount: number; classes: number[] }; options: { lrClassifier: number } };
+  const recorded = JSON.parse(readFileSync(join(root, 'half', 'config.json'), 'utf8')) as {
+    data: { trainCount: number; classes: number[] };
+    options: { lrClassifier: number };
+  };
   assert.equal(recorded.data.trainCount, 200);
   assert.deepEqual(recorded.data.classes, [0, 1, 2, 3, 4]);
   assert.equal(recorded.options.lrClassifier, 0.02);
@@ -78,7 +106,10 @@ test('TensorBoard after a resume: one point per step, the interrupted run’s la
   assert.equal(r.code, 0, r.err);
   const read = JSON.parse(runPython('read_events.py', [join(dir, 'tb')])) as { scalars: Record<string, [number, number][]> };
   const steps = read.scalars['classifier/loss']!.map(([s]) => s);
-  assert.deepEqual(steps, Array.from({ length: 12 }, (_, i) => i + 1));
+  assert.deepEqual(
+    steps,
+    Array.from({ length: 12 }, (_, i) => i + 1),
+  );
 });
 
 test('a run recorded before an option existed resumes with its default (--decoder-stride, added later: 4)', async () => {

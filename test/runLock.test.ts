@@ -55,7 +55,29 @@ function deadPid(): number {
 test('two CLI trainings on one --out: the second is refused naming the first, which finishes intact', async () => {
   const out = join(root, 'race');
   const cli = join(repoRoot, 'dist', 'src', 'cli.js');
-  const common = ['train', '--train-count', '640', '--val-count', '8', '--batch-size', '8', '--epochs', '10', '--warmup-steps', '2', '--checkpoint-every', '5', '--width', '4', '--input-size', '32', '--backend', backend, '--out', out];
+  const common = [
+    'train',
+    '--train-count',
+    '640',
+    '--val-count',
+    '8',
+    '--batch-size',
+    '8',
+    '--epochs',
+    '10',
+    '--warmup-steps',
+    '2',
+    '--checkpoint-every',
+    '5',
+    '--width',
+    '4',
+    '--input-size',
+    '32',
+    '--backend',
+    backend,
+    '--out',
+    out,
+  ];
   const first = spawn(process.execPath, [cli, ...common, '--max-steps', '20', '--seed', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let firstErr = '';
   first.stderr.on('data', (d) => (firstErr += d));
@@ -65,7 +87,10 @@ test('two CLI trainings on one --out: the second is refused naming the first, wh
   // Paused, so it surely still runs while the others try (no race on timing); resumed whatever they give.
   first.kill('SIGSTOP');
   try {
-    for (const extra of [['--seed', '2'], ['--resume', out]]) {
+    for (const extra of [
+      ['--seed', '2'],
+      ['--resume', out],
+    ]) {
       const second = spawnSync(process.execPath, [cli, ...common, '--max-steps', '4', ...extra], { encoding: 'utf8', timeout: 120_000 });
       assert.equal(second.status, 1, `${extra.join(' ')}: ${second.stderr}`);
       assert.match(second.stderr, new RegExp(`casm: .*race is in use by pid ${first.pid} on ${hostname()} since .*run\\.lock`));
@@ -105,7 +130,10 @@ test('stale locks are taken over: a dead pid, a reused pid, an empty lock file; 
     const lines: string[] = [];
     const res = await runTraining(options(dir, { log: (l) => lines.push(l) }));
     res.trainer.dispose();
-    assert.ok(lines.some((l) => l.includes('took over the stale lock')), `${name}: ${lines.join('\n')}`);
+    assert.ok(
+      lines.some((l) => l.includes('took over the stale lock')),
+      `${name}: ${lines.join('\n')}`,
+    );
     assert.equal(readCheckpointState(res.checkpoint).step, 4, name);
   }
   const dir = join(root, 'foreign');
@@ -125,8 +153,14 @@ test('a resume removes the half-written files of a killed run and says so', asyn
   const lines: string[] = [];
   const res = await runTraining(options(dir, { resume: dir, maxSteps: 6, log: (l) => lines.push(l) }));
   res.trainer.dispose();
-  assert.ok(lines.some((l) => /removed 2 half-written files of an interrupted run .*\(0\.0 MB\)/.test(l)), lines.join('\n'));
-  assert.deepEqual(readdirSync(dir).filter((n) => n.startsWith('.')), []);
+  assert.ok(
+    lines.some((l) => /removed 2 half-written files of an interrupted run .*\(0\.0 MB\)/.test(l)),
+    lines.join('\n'),
+  );
+  assert.deepEqual(
+    readdirSync(dir).filter((n) => n.startsWith('.')),
+    [],
+  );
   assert.equal(readCheckpointState(res.checkpoint).step, 6);
 });
 

@@ -81,7 +81,10 @@ test('the area term reaches only gated images: dL/dm = lambda * g_b / (B * HW)',
   const y = tf.tensor1d(labels, 'int32');
   const z = tf.tensor2d(maskedZ);
   const c = tf.tensor1d(cleanCorrect);
-  const m = tf.tensor4d(masks.flat().map((v) => v * 0.5), [3, 2, 2, 1]);
+  const m = tf.tensor4d(
+    masks.flat().map((v) => v * 0.5),
+    [3, 2, 2, 1],
+  );
   // Logits here do not depend on m, so only the area term has a gradient.
   const grad = tf.grad((mm: tf.Tensor) => maskerLoss(z, y, c, mm as tf.Tensor4D, lambda, 'entropy').loss)(m);
   const g = Array.from(grad.dataSync());

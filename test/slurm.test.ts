@@ -37,7 +37,24 @@ await trainTinyRun(runDir);
 
 test('Slurm: an array of 3 shard jobs and a merge job after them give the one-process report (localization; classifiers in 2 jobs)', () => {
   assert.equal(started.status, 0, `the local cluster did not start: ${started.stderr}`);
-  const evalArgs = ['--checkpoint', runDir, '--methods', 'casm,smoothgrad,full,centre', '--samples', '2', '--limit', '20', '--batch-size', '4', '--examples', '4', '--workers', '1', '--backend', backend];
+  const evalArgs = [
+    '--checkpoint',
+    runDir,
+    '--methods',
+    'casm,smoothgrad,full,centre',
+    '--samples',
+    '2',
+    '--limit',
+    '20',
+    '--batch-size',
+    '4',
+    '--examples',
+    '4',
+    '--workers',
+    '1',
+    '--backend',
+    backend,
+  ];
   const whole = join(root, 'whole');
   const single = run('node', [join(repo, 'dist', 'src', 'cli.js'), 'eval', 'localization', ...evalArgs, '--out', whole]);
   assert.equal(single.status, 0, single.stderr);
@@ -67,7 +84,24 @@ test('Slurm: an array of 3 shard jobs and a merge job after them give the one-pr
 test('Slurm: a shard that fails cancels the merge, and the script says so with a non-zero exit', () => {
   assert.equal(started.status, 0, `the local cluster did not start: ${started.stderr}`);
   const out = join(root, 'failing');
-  const r = run('bash', [join(repo, 'scripts', 'slurm', 'eval.sh'), 'localization', '--shards', '2', '--out', out, '--wait', '--', '--checkpoint', join(root, 'no-such-run'), '--limit', '8'], env);
+  const r = run(
+    'bash',
+    [
+      join(repo, 'scripts', 'slurm', 'eval.sh'),
+      'localization',
+      '--shards',
+      '2',
+      '--out',
+      out,
+      '--wait',
+      '--',
+      '--checkpoint',
+      join(root, 'no-such-run'),
+      '--limit',
+      '8',
+    ],
+    env,
+  );
   assert.notEqual(r.status, 0, r.stdout);
   assert.match(r.stdout, /then: job \d+ \(failed: exit \d+, job CANCELLED, see /);
   assert.match(readFileSync(join(out, 'logs', 'eval-shard-0.out'), 'utf8'), /no-such-run/);
@@ -82,9 +116,25 @@ test('Slurm: a sweep as a job array, one training per task, then its report: the
   assert.equal(single.status, 0, single.stderr);
   const out = join(root, 'sweep-array');
   // Each task on as many CPUs as the single process: training sums in an order that depends on the thread count.
-  const r = run('bash', [join(repo, 'scripts', 'slurm', 'experiment.sh'), '--tasks', '2', '--cpus', String(availableParallelism()), '--wait', '--', ...tinySweep(out).slice(1), '--backend', backend], env);
+  const r = run(
+    'bash',
+    [
+      join(repo, 'scripts', 'slurm', 'experiment.sh'),
+      '--tasks',
+      '2',
+      '--cpus',
+      String(availableParallelism()),
+      '--wait',
+      '--',
+      ...tinySweep(out).slice(1),
+      '--backend',
+      backend,
+    ],
+    env,
+  );
   assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}\n${logs(out)}`);
-  for (const name of ['F-entropy', 'L100-entropy']) assert.match(readFileSync(join(out, 'logs', `experiment-task-${name === 'F-entropy' ? 0 : 1}.out`), 'utf8'), new RegExp(`training ${name} ->`));
+  for (const name of ['F-entropy', 'L100-entropy'])
+    assert.match(readFileSync(join(out, 'logs', `experiment-task-${name === 'F-entropy' ? 0 : 1}.out`), 'utf8'), new RegExp(`training ${name} ->`));
   assert.doesNotMatch(readFileSync(join(out, 'logs', 'experiment-merge.out'), 'utf8'), /training \S+ ->/, 'the report job trains nothing');
   type Sweep = { trainings: { name: string; result: unknown }[] };
   const results = (dir: string) => readJson<Sweep>(join(dir, 'experiment.json')).trainings.map((t) => [t.name, t.result]);
@@ -95,5 +145,7 @@ test('Slurm: a sweep as a job array, one training per task, then its report: the
 function logs(out: string): string {
   const dir = join(out, 'logs');
   if (!existsSync(dir)) return '(no logs)';
-  return readdirSync(dir).map((f) => `${f}:\n${readFileSync(join(dir, f), 'utf8')}`).join('\n');
+  return readdirSync(dir)
+    .map((f) => `${f}:\n${readFileSync(join(dir, f), 'utf8')}`)
+    .join('\n');
 }

@@ -29,7 +29,13 @@ test('experiment sweep: one process and one task per training + --merge give the
   assert.equal(r.code, 0, r.err);
   assert.match(r.out, /sweep: 2 trainings: 0 F-entropy, 1 L100-entropy/);
   const one = readJson<Sweep>(join(whole, 'experiment.json'));
-  assert.deepEqual(one.trainings.map((t) => [t.name, t.thinning, t.score]), [['F-entropy', 'F', 'entropy'], ['L100-entropy', 'L100', 'entropy']]);
+  assert.deepEqual(
+    one.trainings.map((t) => [t.name, t.thinning, t.score]),
+    [
+      ['F-entropy', 'F', 'entropy'],
+      ['L100-entropy', 'L100', 'entropy'],
+    ],
+  );
   for (const t of one.trainings) {
     assert.equal(t.result.images, 16);
     assert.ok(t.result.le >= 0 && t.result.le <= 1 && t.result.f1 > 0 && t.result.area > 0, JSON.stringify(t.result));

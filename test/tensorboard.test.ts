@@ -138,7 +138,9 @@ describe('SummaryWriter read back by TensorBoard', () => {
       raw[3 * i + 1] = (i * 91) & 0xff;
       raw[3 * i + 2] = 255 - ((i * 11) & 0xff);
     }
-    const png = await sharp(raw, { raw: { width, height, channels: 3 } }).png().toBuffer();
+    const png = await sharp(raw, { raw: { width, height, channels: 3 } })
+      .png()
+      .toBuffer();
     w.image('viz/saliency', png, height, width, 3, 12);
     w.scalar('train/loss', -0.75, bigStep);
     w.close();

@@ -84,7 +84,10 @@ test('shards: 9 steps straight = 5 steps, resume, 4 more (same batches mid-epoch
   const afterA = tf.memory().numTensors;
   // 48 images, half an epoch each: 24 images = 3 steps of 8 per epoch, 3 epochs.
   assert.equal(readCheckpointState(resA.checkpoint).step, 9);
-  assert.ok(lines.some((l) => /6 of 6 shards, 48 images .* 24 per epoch; 2 decode workers/.test(l)), lines.join('\n'));
+  assert.ok(
+    lines.some((l) => /6 of 6 shards, 48 images .* 24 per epoch; 2 decode workers/.test(l)),
+    lines.join('\n'),
+  );
   const b = join(root, 'b');
   const resB = await runTraining(options(b, spec, { resume: join(a, 'ckpt-00000005') }));
   const afterB = tf.memory().numTensors;
@@ -104,9 +107,15 @@ test('shards: 9 steps straight = 5 steps, resume, 4 more (same batches mid-epoch
 
   const events = JSON.parse(runPython('read_events.py', [join(a, 'tb')])) as { scalars: Record<string, [number, number][]> };
   const wait = events.scalars['data/wait_ms']!;
-  assert.deepEqual(wait.map(([s]) => s), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  assert.deepEqual(
+    wait.map(([s]) => s),
+    [1, 2, 3, 4, 5, 6, 7, 8, 9],
+  );
   assert.ok(wait.every(([, v]) => v >= 0 && v < 60_000));
-  assert.deepEqual(events.scalars['data/problems']!.map(([, v]) => v), Array(9).fill(0));
+  assert.deepEqual(
+    events.scalars['data/problems']!.map(([, v]) => v),
+    Array(9).fill(0),
+  );
 });
 
 test('shards: a corrupt JPEG and an unlabelled image are skipped, counted in the log and TensorBoard, and training goes on', async () => {
@@ -118,8 +127,14 @@ test('shards: a corrupt JPEG and an unlabelled image are skipped, counted in the
   assert.equal(res.last!.step, 6);
   const shard0 = join(root, 'bad', 'train-0.tar');
   const printed = lines.filter((l) => l.startsWith('data: ') && l.includes('@'));
-  assert.ok(printed.some((l) => l.startsWith(`data: ${shard0}@`) && l.includes('decode-error: zz_corrupt')), printed.join('\n'));
-  assert.ok(printed.some((l) => l.startsWith(`data: ${shard0}@`) && l.includes('incomplete-sample')), printed.join('\n'));
+  assert.ok(
+    printed.some((l) => l.startsWith(`data: ${shard0}@`) && l.includes('decode-error: zz_corrupt')),
+    printed.join('\n'),
+  );
+  assert.ok(
+    printed.some((l) => l.startsWith(`data: ${shard0}@`) && l.includes('incomplete-sample')),
+    printed.join('\n'),
+  );
   const summary = lines.find((l) => l.startsWith('data problems: '));
   assert.ok(summary, lines.join('\n'));
   const count = Number(/data problems: (\d+)/.exec(summary)![1]);
@@ -127,7 +142,10 @@ test('shards: a corrupt JPEG and an unlabelled image are skipped, counted in the
   const events = JSON.parse(runPython('read_events.py', [join(out, 'tb')])) as { scalars: Record<string, [number, number][]> };
   const problems = events.scalars['data/problems']!;
   assert.equal(problems.at(-1)![1], count);
-  assert.ok(problems.every(([, v], i) => i === 0 || v >= problems[i - 1]![1]), 'a running count');
+  assert.ok(
+    problems.every(([, v], i) => i === 0 || v >= problems[i - 1]![1]),
+    'a running count',
+  );
   const evalJson = JSON.parse(readFileSync(join(out, 'eval.json'), 'utf8')) as { images: number; withBoxes: number; casm: number | null };
   assert.deepEqual([evalJson.images, evalJson.withBoxes, evalJson.casm], [8, 0, null]);
   res.trainer.classifier.dispose();

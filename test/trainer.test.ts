@@ -51,11 +51,14 @@ test('the classifier step is SGD on eq. 8 with the mask held fixed (plus weight 
   const expectedGrads = tf.tidy(() => {
     const masks = trainer.masker.apply(x, (twin.apply(x, { training: true }) as tf.Tensor[]).slice(0, 5), true);
     const maskedOut = tf.mul(tf.sub(1, masks), x);
-    const { grads } = tf.variableGrads(() => {
-      const clean = (twin.apply(x, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D;
-      const masked = (twin.apply(maskedOut, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D;
-      return tf.mul(0.5, tf.add(crossEntropy(clean, y), crossEntropy(masked, y))) as tf.Scalar;
-    }, twin.trainableWeights.map((w) => w.read() as tf.Variable));
+    const { grads } = tf.variableGrads(
+      () => {
+        const clean = (twin.apply(x, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D;
+        const masked = (twin.apply(maskedOut, { training: true }) as tf.Tensor[])[5] as tf.Tensor2D;
+        return tf.mul(0.5, tf.add(crossEntropy(clean, y), crossEntropy(masked, y))) as tf.Scalar;
+      },
+      twin.trainableWeights.map((w) => w.read() as tf.Variable),
+    );
     return twin.trainableWeights.map((w) => tf.keep(grads[(w.read() as tf.Variable).name]));
   });
   trainer.iteration(x, y);
@@ -107,7 +110,10 @@ test("maskerImages: 'correct' learns nothing from images the classifier gets wro
   const probe = new CasmTrainer(tinyConfig());
   const predicted = tf.tidy(() => tf.argMax((probe.classifier.apply(x, { training: true }) as tf.Tensor[])[5]!, 1).dataSync());
   probe.dispose();
-  const y = tf.tensor1d(Array.from(predicted, (p) => (p + 1) % TINY.classes), 'int32');
+  const y = tf.tensor1d(
+    Array.from(predicted, (p) => (p + 1) % TINY.classes),
+    'int32',
+  );
   const run = (maskerImages: 'correct' | 'all') => {
     const trainer = new CasmTrainer(tinyConfig({ thinning: 'L', maskerImages }));
     const s = trainer.iteration(x, y);
@@ -138,7 +144,10 @@ test('a non-finite loss stops the iteration before any optimiser step, naming th
   const w0 = trainable(trainer.classifier);
   const m0 = trainable(trainer.masker.decoder);
   const bad = tf.fill([4, 32, 32, 3], NaN) as tf.Tensor4D;
-  assert.throws(() => trainer.iteration(bad, good.y), (e: Error) => e instanceof NonFiniteLossError && /step 2: classifier loss is NaN/.test(e.message));
+  assert.throws(
+    () => trainer.iteration(bad, good.y),
+    (e: Error) => e instanceof NonFiniteLossError && /step 2: classifier loss is NaN/.test(e.message),
+  );
   assert.equal(trainer.step, 1);
   trainable(trainer.classifier).forEach((w, i) => assert.equal(maxAbsDiff(w, w0[i]), 0));
   trainable(trainer.masker.decoder).forEach((w, i) => assert.equal(maxAbsDiff(w, m0[i]), 0));
@@ -161,7 +170,11 @@ test('mask terms: the masked-in pass moves the masker, not the classifier or its
   assert.ok(on.s.tv > 0 && Math.abs(on.s.tv - off.s.tv) < 1e-6, 'the same masks before the update');
   // Every classifier weight, BN moving statistics included, as without the term.
   on.classifier.forEach((w, i) => assert.equal(maxAbsDiff(w, off.classifier[i]!), 0, `classifier weight ${i}`));
-  if (on.s.accClean > 0) assert.ok(on.decoder.some((w, i) => maxAbsDiff(w, off.decoder[i]!) > 0), 'the term changed the masker update');
+  if (on.s.accClean > 0)
+    assert.ok(
+      on.decoder.some((w, i) => maxAbsDiff(w, off.decoder[i]!) > 0),
+      'the term changed the masker update',
+    );
 });
 
 test("bnStatistics 'clean': the classifier's moving statistics see the clean batch only, not the masked-out ones", () => {
@@ -181,7 +194,10 @@ test("bnStatistics 'clean': the classifier's moving statistics see the clean bat
   };
   const [all, clean] = [after('all'), after('clean')];
   clean.stats.forEach((s, i) => assert.ok(maxAbsDiff(s, expected[i]!) < 1e-6, `statistic ${i}: ${maxAbsDiff(s, expected[i]!)}`));
-  assert.ok(all.stats.some((s, i) => maxAbsDiff(s, expected[i]!) > 1e-4), "'all' averages the masked-out batches in too");
+  assert.ok(
+    all.stats.some((s, i) => maxAbsDiff(s, expected[i]!) > 1e-4),
+    "'all' averages the masked-out batches in too",
+  );
   // Training-mode forwards normalise with the batch's own statistics: the update is the same.
   clean.weights.forEach((w, i) => assert.ok(maxAbsDiff(w, all.weights[i]!) < 1e-6, `weight ${i}`));
   fresh.dispose();
@@ -214,12 +230,18 @@ test('health: runaway weights and saturated masks are warned about once per epis
   assert.match(first.warnings[0]!, /masker weights have diverged \(max \|w\| = 1\.00e\+3 > 100\)/);
   // Still diverged: no repeat; the second saturated check in a row warns about the masks.
   const second = watch.check(trainer, stats(0.001));
-  assert.deepEqual(second.warnings.map((w) => w.split(' ')[0]), ['masks']);
+  assert.deepEqual(
+    second.warnings.map((w) => w.split(' ')[0]),
+    ['masks'],
+  );
   assert.match(second.warnings[0]!, /all-0 or all-1 for 2 checks/);
   assert.deepEqual(watch.check(trainer, stats(0.001)).warnings, []);
   const nan = tf.tidy(() => tf.mul(kernel, Number.NaN));
   trainer.masker.decoder.getLayer('decoder_out').setWeights([nan, bias]);
-  assert.throws(() => watch.check(trainer, stats(0.3)), (e: Error) => e instanceof DivergenceError && /step 0: masker weights are no longer finite/.test(e.message));
+  assert.throws(
+    () => watch.check(trainer, stats(0.3)),
+    (e: Error) => e instanceof DivergenceError && /step 0: masker weights are no longer finite/.test(e.message),
+  );
   tf.dispose([big, nan]);
   trainer.dispose();
 });

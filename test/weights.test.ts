@@ -12,13 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import { initEngine } from '../src/engine/engine.js';
 import { parseSafetensors, readSafetensors, writeSafetensors, type TensorToWrite } from '../src/io/safetensors.js';
 import { buildResNet, type ResNetConfig } from '../src/models/resnet.js';
-import {
-  loadClassifierWeights,
-  loadTfjsWeights,
-  loadTorchvisionWeights,
-  saveTorchvisionWeights,
-  torchvisionStateDict,
-} from '../src/models/weights.js';
+import { loadClassifierWeights, loadTfjsWeights, loadTorchvisionWeights, saveTorchvisionWeights, torchvisionStateDict } from '../src/models/weights.js';
 import { runPython } from './helpers/python.js';
 
 const SMALL: ResNetConfig = { depths: [1, 1, 1, 1], width: 8, classes: 10, inputSize: 32 };
@@ -77,7 +71,10 @@ describe('safetensors', () => {
     assert.equal(Number(bytes.readBigUInt64LE(0)) % 8, 0, 'header padded to 8 bytes');
     const { tensors: got, metadata } = readSafetensors(path);
     assert.deepEqual(metadata, { format: 'pt', who: 'casm-ts' });
-    assert.deepEqual([...got.keys()], tensors.map((t) => t.name));
+    assert.deepEqual(
+      [...got.keys()],
+      tensors.map((t) => t.name),
+    );
     for (const t of tensors) {
       const g = got.get(t.name)!;
       assert.equal(g.dtype, 'F32');
@@ -105,10 +102,7 @@ describe('safetensors', () => {
   test('reads what the reference library writes (F32, F64, F16, I64, I32, empty) and vice versa', () => {
     const dir = tempDir();
     const theirs = join(dir, 'theirs.safetensors');
-    const expected = JSON.parse(runPython('torchvision_resnet.py', ['st-write', theirs])) as Record<
-      string,
-      { shape: number[]; values: number[] }
-    >;
+    const expected = JSON.parse(runPython('torchvision_resnet.py', ['st-write', theirs])) as Record<string, { shape: number[]; values: number[] }>;
     const { tensors, metadata } = readSafetensors(theirs);
     assert.deepEqual(metadata, { format: 'pt', note: 'written by safetensors.numpy' });
     assert.deepEqual([...tensors.keys()].sort(), Object.keys(expected).sort());
@@ -121,10 +115,14 @@ describe('safetensors', () => {
 
     const ours = join(dir, 'ours.safetensors');
     const data = new Float32Array([0.1, -2, 3e38, 1e-40, -0.5, 6]);
-    writeSafetensors(ours, [
-      { name: 'b', shape: [3, 2], data },
-      { name: 'a', shape: [], data: new Float32Array([-1]) },
-    ], { k: 'v' });
+    writeSafetensors(
+      ours,
+      [
+        { name: 'b', shape: [3, 2], data },
+        { name: 'a', shape: [], data: new Float32Array([-1]) },
+      ],
+      { k: 'v' },
+    );
     const back = JSON.parse(runPython('torchvision_resnet.py', ['st-read', ours])) as {
       tensors: Record<string, { dtype: string; shape: number[]; values: number[] }>;
       metadata: Record<string, string>;
@@ -138,7 +136,10 @@ describe('safetensors', () => {
     // bf16 = upper half of the float32 bits: 1.0 = 0x3f80, -2.5 = 0xc020, 3.140625 = 0x4049, NaN = 0x7fc0.
     const bf = new Uint8Array([0x80, 0x3f, 0x20, 0xc0, 0x49, 0x40, 0xc0, 0x7f]);
     const f = parseSafetensors(
-      rawFile({ b: { dtype: 'BF16', shape: [4], data_offsets: [0, 8] }, u: { dtype: 'BOOL', shape: [2], data_offsets: [8, 10] } }, new Uint8Array([...bf, 1, 0])),
+      rawFile(
+        { b: { dtype: 'BF16', shape: [4], data_offsets: [0, 8] }, u: { dtype: 'BOOL', shape: [2], data_offsets: [8, 10] } },
+        new Uint8Array([...bf, 1, 0]),
+      ),
       'mem',
     );
     const b = f.tensors.get('b')!.data;
@@ -162,9 +163,17 @@ describe('safetensors', () => {
       ['huge-header', rawFile({}, new Uint8Array(0), 1n << 40n), /header too large/],
       ['bad-json', rawFile('{"a": {"dtype": "F32", '), /invalid header: not valid UTF-8 JSON/],
       ['not-object', rawFile('[1, 2]'), /invalid header: the JSON header is not an object/],
-      ['overlap', rawFile({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] } }, new Uint8Array(12)), /tensor b at \[4,12\) overlaps tensor a/],
+      [
+        'overlap',
+        rawFile({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] } }, new Uint8Array(12)),
+        /tensor b at \[4,12\) overlaps tensor a/,
+      ],
       ['hole', rawFile({ a: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, new Uint8Array(8)), /bytes \[0,4\) of the data section belong to no tensor/],
-      ['size', rawFile({ a: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }, new Uint8Array(8)), /tensor a: data_offsets \[0,8\] span 8 bytes, but F32 \[3\] needs 12/],
+      [
+        'size',
+        rawFile({ a: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }, new Uint8Array(8)),
+        /tensor a: data_offsets \[0,8\] span 8 bytes, but F32 \[3\] needs 12/,
+      ],
       ['dtype', rawFile({ a: { dtype: 'F8_E4M3', shape: [1], data_offsets: [0, 1] } }, new Uint8Array(1)), /tensor a: unsupported dtype F8_E4M3/],
       ['trailing', rawFile({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, new Uint8Array(6)), /2 trailing bytes/],
       ['metadata', rawFile({ __metadata__: { n: 1 } }), /__metadata__\.n is not a string/],
@@ -173,11 +182,14 @@ describe('safetensors', () => {
     for (const [name, data, re] of cases) {
       const path = join(dir, `${name}.safetensors`);
       writeFileSync(path, data);
-      assert.throws(() => readSafetensors(path), (e: Error) => {
-        assert.ok(e.message.startsWith(`${path}: `), `${name}: message should start with the path: ${e.message}`);
-        assert.match(e.message, re, name);
-        return true;
-      });
+      assert.throws(
+        () => readSafetensors(path),
+        (e: Error) => {
+          assert.ok(e.message.startsWith(`${path}: `), `${name}: message should start with the path: ${e.message}`);
+          assert.match(e.message, re, name);
+          return true;
+        },
+      );
     }
     assert.throws(() => readSafetensors(join(dir, 'absent.safetensors')), /absent\.safetensors: cannot read safetensors file/);
   });
@@ -228,9 +240,7 @@ describe('loadTorchvisionWeights', () => {
       ],
       [
         'shape',
-        modified(base, (e) =>
-          e.map((t) => (t.name === 'layer1.0.conv2.weight' ? { ...t, shape: [8, 8, 1, 9] } : t)),
-        ),
+        modified(base, (e) => e.map((t) => (t.name === 'layer1.0.conv2.weight' ? { ...t, shape: [8, 8, 1, 9] } : t))),
         /: tensor layer1\.0\.conv2\.weight has shape \[8,8,1,9\], model expects \[8,8,3,3\] \(layer layer1_0_conv2 kernel, \[3,3,8,8\] in tfjs layout\)/,
       ],
       [
@@ -242,7 +252,11 @@ describe('loadTorchvisionWeights', () => {
         'classes',
         modified(base, (e) =>
           e.map((t) =>
-            t.name === 'fc.weight' ? { ...t, shape: [5, 256], data: t.data.subarray(0, 5 * 256) } : t.name === 'fc.bias' ? { ...t, shape: [5], data: t.data.subarray(0, 5) } : t,
+            t.name === 'fc.weight'
+              ? { ...t, shape: [5, 256], data: t.data.subarray(0, 5 * 256) }
+              : t.name === 'fc.bias'
+                ? { ...t, shape: [5], data: t.data.subarray(0, 5) }
+                : t,
           ),
         ),
         /: tensor fc\.weight has shape \[5,256\], model expects \[10,256\].* \(and 1 more problem\)/,
@@ -251,11 +265,14 @@ describe('loadTorchvisionWeights', () => {
     for (const [name, entries, re] of cases) {
       const file = join(dir, `${name}.safetensors`);
       writeSafetensors(file, entries);
-      assert.throws(() => loadTorchvisionWeights(target, file), (e: Error) => {
-        assert.ok(e.message.startsWith(`${file}: `), `${name}: ${e.message}`);
-        assert.match(e.message, re, name);
-        return true;
-      });
+      assert.throws(
+        () => loadTorchvisionWeights(target, file),
+        (e: Error) => {
+          assert.ok(e.message.startsWith(`${file}: `), `${name}: ${e.message}`);
+          assert.match(e.message, re, name);
+          return true;
+        },
+      );
     }
     // A truncated file: the error names the file.
     const full = join(dir, 'full.safetensors');
@@ -263,7 +280,10 @@ describe('loadTorchvisionWeights', () => {
     const truncated = join(dir, 'truncated.safetensors');
     const bytes = readFileSync(full);
     writeFileSync(truncated, bytes.subarray(0, bytes.length - 100));
-    assert.throws(() => loadTorchvisionWeights(target, truncated), (e: Error) => e.message.startsWith(`${truncated}: truncated`));
+    assert.throws(
+      () => loadTorchvisionWeights(target, truncated),
+      (e: Error) => e.message.startsWith(`${truncated}: truncated`),
+    );
     assert.deepEqual(weightsOf(target), before, 'a failed load writes nothing');
 
     // num_batches_tracked (int64 in torch) is accepted and ignored.
@@ -340,14 +360,16 @@ describe('loadTfjsWeights', () => {
       const w = j.weightsManifest[0].weights.find((e) => e.name === 'layer3_0_conv2/kernel')!;
       w.shape = [3, 3, 32, 16];
     });
-    assert.throws(() => loadTfjsWeights(target, shape), (e: Error) =>
-      e.message.startsWith(`${shape}: weight layer3_0_conv2/kernel has shape [3,3,32,16], model expects [3,3,32,32]`),
+    assert.throws(
+      () => loadTfjsWeights(target, shape),
+      (e: Error) => e.message.startsWith(`${shape}: weight layer3_0_conv2/kernel has shape [3,3,32,16], model expects [3,3,32,32]`),
     );
     const missing = variant('missing', (j) => {
       j.weightsManifest[0].weights = j.weightsManifest[0].weights.filter((e) => e.name !== 'bn1/moving_mean');
     });
-    assert.throws(() => loadTfjsWeights(target, missing), (e: Error) =>
-      e.message.startsWith(`${missing}: missing weight bn1/moving_mean: the model expects shape [8]`),
+    assert.throws(
+      () => loadTfjsWeights(target, missing),
+      (e: Error) => e.message.startsWith(`${missing}: missing weight bn1/moving_mean: the model expects shape [8]`),
     );
     const renamed = variant('renamed', (j) => {
       j.weightsManifest[0].weights.find((e) => e.name === 'fc/bias')!.name = 'head/bias';
@@ -356,7 +378,10 @@ describe('loadTfjsWeights', () => {
 
     writeFileSync(join(dir, 'weights.bin'), readFileSync(join(dir, 'weights.bin')).subarray(0, 1000));
     const shard = join(dir, 'weights.bin');
-    assert.throws(() => loadTfjsWeights(target, dir), (e: Error) => e.message.startsWith(`${shard}: truncated`));
+    assert.throws(
+      () => loadTfjsWeights(target, dir),
+      (e: Error) => e.message.startsWith(`${shard}: truncated`),
+    );
     assert.deepEqual(weightsOf(target), before, 'a failed load writes nothing');
     src.dispose();
     target.dispose();

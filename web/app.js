@@ -17,9 +17,28 @@ function status(text, error = false) {
 
 // matplotlib's jet, as the project's display.ts defines it.
 const JET = [
-  [[0, 0], [0.35, 0], [0.66, 1], [0.89, 1], [1, 0.5]],
-  [[0, 0], [0.125, 0], [0.375, 1], [0.64, 1], [0.91, 0], [1, 0]],
-  [[0, 0.5], [0.11, 1], [0.34, 1], [0.65, 0], [1, 0]],
+  [
+    [0, 0],
+    [0.35, 0],
+    [0.66, 1],
+    [0.89, 1],
+    [1, 0.5],
+  ],
+  [
+    [0, 0],
+    [0.125, 0],
+    [0.375, 1],
+    [0.64, 1],
+    [0.91, 0],
+    [1, 0],
+  ],
+  [
+    [0, 0.5],
+    [0.11, 1],
+    [0.34, 1],
+    [0.65, 0],
+    [1, 0],
+  ],
 ];
 function ramp(anchors, x) {
   for (let i = 1; i < anchors.length; i++) {
@@ -48,7 +67,11 @@ export function maskBox(mask, h, w, alpha = 1) {
     let top = 0;
     stack[top++] = start;
     seen[start] = 1;
-    let size = 0, x0 = w, y0 = h, x1 = -1, y1 = -1;
+    let size = 0,
+      x0 = w,
+      y0 = h,
+      x1 = -1,
+      y1 = -1;
     while (top > 0) {
       const p = stack[--top];
       size++;

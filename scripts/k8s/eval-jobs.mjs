@@ -22,7 +22,18 @@ const usage = (message) => {
 function parse(args) {
   const [command, ...rest] = args;
   if (command !== 'localization' && command !== 'classifiers') usage(`first say which evaluation: localization or classifiers (got '${command ?? ''}')`);
-  const o = { command, part: '', parallelism: '', cpus: '1', memory: '4Gi', gpus: '0', mount: '/data', casm: 'node /opt/casm-ts/dist/src/cli.js', retries: '2', evalArgs: [] };
+  const o = {
+    command,
+    part: '',
+    parallelism: '',
+    cpus: '1',
+    memory: '4Gi',
+    gpus: '0',
+    mount: '/data',
+    casm: 'node /opt/casm-ts/dist/src/cli.js',
+    retries: '2',
+    evalArgs: [],
+  };
   const names = new Set(['part', 'name', 'image', 'claim', 'shards', 'parallelism', 'cpus', 'memory', 'gpus', 'mount', 'casm', 'out', 'retries']);
   for (let i = 0; i < rest.length; i++) {
     if (rest[i] === '--') {
@@ -36,12 +47,15 @@ function parse(args) {
   }
   for (const key of ['part', 'name', 'image', 'claim', 'shards', 'out']) if (!o[key]) usage(`give --${key}`);
   if (o.part !== 'shards' && o.part !== 'merge') usage(`--part must be shards or merge, got '${o.part}'`);
-  if (!/^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$/.test(o.name)) usage(`--name '${o.name}': lower-case letters, digits and '-', at most 42 (a Job name gets a suffix)`);
+  if (!/^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$/.test(o.name))
+    usage(`--name '${o.name}': lower-case letters, digits and '-', at most 42 (a Job name gets a suffix)`);
   for (const key of ['shards', 'retries', 'gpus', ...(o.parallelism ? ['parallelism'] : [])]) {
-    if (!/^\d+$/.test(o[key]) || (key === 'shards' && o[key] === '0')) usage(`--${key} must be a ${key === 'shards' ? 'positive' : 'non-negative'} integer, got '${o[key]}'`);
+    if (!/^\d+$/.test(o[key]) || (key === 'shards' && o[key] === '0'))
+      usage(`--${key} must be a ${key === 'shards' ? 'positive' : 'non-negative'} integer, got '${o[key]}'`);
   }
   if (!o.out.startsWith(o.mount + '/')) usage(`--out ${o.out}: must lie under --mount ${o.mount}, where the pods share the claim`);
-  if (o.evalArgs.includes('--out') || o.evalArgs.some((a) => a.includes('shard-index') || a.includes('num-shards'))) usage('the eval options must not set --out, --shard-index or --num-shards: this script does');
+  if (o.evalArgs.includes('--out') || o.evalArgs.some((a) => a.includes('shard-index') || a.includes('num-shards')))
+    usage('the eval options must not set --out, --shard-index or --num-shards: this script does');
   return o;
 }
 

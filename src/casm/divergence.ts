@@ -51,9 +51,13 @@ export class HealthWatch {
       maskerMaxAbs: maxAbs(trainer.masker.trainableWeights),
       warnings: [] as string[],
     };
-    for (const [who, v] of [['classifier', report.classifierMaxAbs], ['masker', report.maskerMaxAbs]] as const) {
+    for (const [who, v] of [
+      ['classifier', report.classifierMaxAbs],
+      ['masker', report.maskerMaxAbs],
+    ] as const) {
       // NaN compares false with everything: test for finiteness, not for size.
-      if (!Number.isFinite(v)) throw new DivergenceError(`step ${trainer.step}: ${who} weights are no longer finite; stopping (the last checkpoint is untouched)`);
+      if (!Number.isFinite(v))
+        throw new DivergenceError(`step ${trainer.step}: ${who} weights are no longer finite; stopping (the last checkpoint is untouched)`);
       this.episode(
         `${who}-weights`,
         v > this.limits.maxAbsWeight,

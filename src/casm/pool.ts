@@ -34,7 +34,10 @@ export class ClassifierPool {
   snapshots: Snapshot[] = [];
   readonly options: PoolOptions;
 
-  constructor(readonly thinning: Thinning, options?: PoolOptions) {
+  constructor(
+    readonly thinning: Thinning,
+    options?: PoolOptions,
+  ) {
     this.options = options ?? poolOptions(thinning);
   }
 

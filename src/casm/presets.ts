@@ -94,4 +94,3 @@ export const PRESETS = {
 } satisfies Record<string, Preset>;
 export type PresetName = keyof typeof PRESETS;
 export const PRESET_NAMES = Object.keys(PRESETS) as PresetName[];
-

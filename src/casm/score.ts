@@ -112,7 +112,9 @@ export function maskerLoss(
     const tv = tf.mean(totalVariation(masks)) as tf.Scalar;
     if (terms.tv > 0) loss = tf.add(loss, tf.mul(terms.tv, tv));
     if (terms.maskedIn > 0 && maskedInLogits === null) throw new Error('the masked-in term needs the masked-in logits');
-    const maskedIn = (maskedInLogits === null ? tf.scalar(0) : tf.mean(tf.mul(cleanCorrect, pickedCrossEntropy(tf.logSoftmax(maskedInLogits), labels)))) as tf.Scalar;
+    const maskedIn = (
+      maskedInLogits === null ? tf.scalar(0) : tf.mean(tf.mul(cleanCorrect, pickedCrossEntropy(tf.logSoftmax(maskedInLogits), labels)))
+    ) as tf.Scalar;
     if (terms.maskedIn > 0) loss = tf.add(loss, tf.mul(terms.maskedIn, maskedIn));
     return { loss: loss as tf.Scalar, entropy: tf.mean(entropyPerImage) as tf.Scalar, area, gated: tf.mean(gate) as tf.Scalar, tv, maskedIn };
   });

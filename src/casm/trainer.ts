@@ -157,7 +157,18 @@ export class CasmTrainer {
 
         const [areaMean, areaVar] = [tf.mean(parts.area), tf.moments(parts.area).variance];
         const values = tf
-          .stack([clsLoss, mLoss, tf.mean(cleanCorrect), tf.mean(maskedCorrect), parts.entropy, areaMean, tf.sqrt(areaVar), parts.gated, parts.tv, parts.maskedIn])
+          .stack([
+            clsLoss,
+            mLoss,
+            tf.mean(cleanCorrect),
+            tf.mean(maskedCorrect),
+            parts.entropy,
+            areaMean,
+            tf.sqrt(areaVar),
+            parts.gated,
+            parts.tv,
+            parts.maskedIn,
+          ])
           .dataSync();
         this.step += 1;
         return {

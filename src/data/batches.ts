@@ -62,13 +62,7 @@ export function toBatch(set: ClutteredSet, indices: number[], opts: { channels?:
  * One epoch of batch index arrays. With shuffle, a Fisher-Yates permutation drawn from rng;
  * dropLast (default true, the training setting) drops the final incomplete batch.
  */
-export function* batchIndices(
-  n: number,
-  batchSize: number,
-  rng: Rng,
-  shuffle = true,
-  dropLast = true,
-): Generator<number[], void, undefined> {
+export function* batchIndices(n: number, batchSize: number, rng: Rng, shuffle = true, dropLast = true): Generator<number[], void, undefined> {
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`batchIndices: bad batch size ${batchSize}`);
   const order = Array.from({ length: n }, (_, i) => i);
   if (shuffle) {

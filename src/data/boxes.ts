@@ -105,7 +105,11 @@ export function parseLocCsv(text: string, file = 'LOC_val_solution.csv', problem
       continue;
     }
     const imageId = line.slice(0, comma).trim();
-    const toks = line.slice(comma + 1).trim().split(/\s+/).filter(Boolean);
+    const toks = line
+      .slice(comma + 1)
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean);
     if (toks.length === 0 || toks.length % 5 !== 0) {
       problems.add('bad-annotation', file, lineOffset, `line ${li + 1}: ${toks.length} tokens, expected groups of 5 (synset x0 y0 x1 y1)`);
       continue;

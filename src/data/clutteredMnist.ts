@@ -337,10 +337,7 @@ function payloadDigest(images: Uint8Array, labels: Buffer, boxes: Buffer): strin
 export function serializeCluttered(set: ClutteredSet): Buffer {
   const labels = int32le(set.labels);
   const boxes = int32le(set.boxes);
-  const header = Buffer.from(
-    JSON.stringify({ options: set.options, n: set.n, size: set.size, sha256: payloadDigest(set.images, labels, boxes) }),
-    'utf8',
-  );
+  const header = Buffer.from(JSON.stringify({ options: set.options, n: set.n, size: set.size, sha256: payloadDigest(set.images, labels, boxes) }), 'utf8');
   const pre = Buffer.alloc(12);
   pre.write(MAGIC, 0, 'ascii');
   pre.writeUInt32LE(CLUTTERED_FORMAT_VERSION, 4);

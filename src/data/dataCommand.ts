@@ -13,7 +13,7 @@ import { openDataset, readShard } from './dataset.js';
 import { DecodeError, verifyImage, type ImageInfo } from './decode.js';
 import { listImageFolder, type ImageFolderEntry } from './imageFolder.js';
 import { Problems, type ProblemKind, type Sample } from './samples.js';
-import { resolveDataSpec, type Layout } from './spec.js';
+import type { Layout } from './spec.js';
 import { writeTar, type TarEntry } from './tar.js';
 
 const q = (s: string) => JSON.stringify(s);
@@ -159,7 +159,9 @@ export async function makeShards(opts: MakeShardsOptions): Promise<MakeShardsRes
   }
   if (outStat !== null) {
     const ours = new RegExp(`^${prefix.replace(/[.+^$|()\\]/g, '\\$&')}-\\d+\\.tar$`);
-    const existing = readdirSync(out).filter((f) => ours.test(f)).sort();
+    const existing = readdirSync(out)
+      .filter((f) => ours.test(f))
+      .sort();
     if (existing.length > 0) {
       throw new Error(
         `${out}: already holds ${existing.length} shard(s) with prefix ${q(prefix)} (${existing.slice(0, 3).join(', ')}` +
@@ -399,10 +401,18 @@ export function formatInspect(r: InspectReport): string {
     `classes:  ${r.classes.count} with samples, ${r.classes.min}..${r.classes.max} samples per class`,
     `width:    ${size(r.sizes.width)} px (min / median / max)`,
     `height:   ${size(r.sizes.height)} px (min / median / max)`,
-    `formats:  ${Object.entries(r.formats).map(([f, n]) => `${f} ${n}`).join(', ') || '-'}`,
+    `formats:  ${
+      Object.entries(r.formats)
+        .map(([f, n]) => `${f} ${n}`)
+        .join(', ') || '-'
+    }`,
     `boxes:    ${r.withBoxes} samples with boxes`,
     `problems: ${r.problems.count}` +
-      (r.problems.count ? ` (${Object.entries(r.problems.byKind).map(([k, n]) => `${k} ${n}`).join(', ')})` : ''),
+      (r.problems.count
+        ? ` (${Object.entries(r.problems.byKind)
+            .map(([k, n]) => `${k} ${n}`)
+            .join(', ')})`
+        : ''),
   ];
   for (const p of r.problems.first) lines.push(`  ${p}`);
   if (r.problems.count > r.problems.first.length) lines.push(`  ... and ${r.problems.count - r.problems.first.length} more`);

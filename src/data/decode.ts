@@ -21,7 +21,6 @@ import { evalGeometry, mapBoxes, roundHalfEven, valGeometry, type EvalMode, type
 import { IMAGENET_MEAN, IMAGENET_STD } from './imagenetStats.js';
 import type { PixelBox, Problems, Sample } from './samples.js';
 
-
 /** Default pixel limit: PIL's MAX_IMAGE_PIXELS (89.5 Mpx); the largest ImageNet image is ~ 10 Mpx... */
 export const DEFAULT_PIXEL_LIMIT = 89_478_485;
 
@@ -148,12 +147,7 @@ export interface CropWindow {
  * scale, log-uniform aspect ratio in ratio); the first window that fits wins; otherwise the
  * centre crop of the whole image clamped to the ratio range. Rounding as torch (half to even).
  */
-export function randomResizedCropParams(
-  width: number,
-  height: number,
-  rng: Rng,
-  opts: RandomResizedCropOptions = {},
-): CropWindow {
+export function randomResizedCropParams(width: number, height: number, rng: Rng, opts: RandomResizedCropOptions = {}): CropWindow {
   const [s0, s1] = opts.scale ?? [0.08, 1];
   const [r0, r1] = opts.ratio ?? [3 / 4, 4 / 3];
   const area = width * height;
@@ -345,12 +339,7 @@ export async function decodeTransform(bytes: Uint8Array, spec: TransformSpec, op
  * a 'decode-error' problem at the sample's file and offset (the sample is skipped and counted);
  * any other error is a bug and propagates.
  */
-export async function transformSample(
-  sample: Sample,
-  spec: TransformSpec,
-  problems: Problems,
-  opts: TransformOptions = {},
-): Promise<TransformResult | null> {
+export async function transformSample(sample: Sample, spec: TransformSpec, problems: Problems, opts: TransformOptions = {}): Promise<TransformResult | null> {
   try {
     return await decodeTransform(sample.image, spec, sample.boxes ? { ...opts, boxes: sample.boxes } : opts);
   } catch (e) {

@@ -10,7 +10,6 @@ import { join } from 'node:path';
 import { Problems, sampleStream, type Sample, type SampleStream } from './samples.js';
 import { IMAGE_FILE_EXTS } from './spec.js';
 
-
 const byCodePoint = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
 /** Synsets from a list file: first whitespace-separated token of every non-empty line, sorted. */
@@ -86,8 +85,7 @@ export function listImageFolder(root: string, synsets?: string[] | string, probl
     .filter((d) => !d.name.startsWith('.') && entryKind(join(root, d.name), d, problems) === 'dir')
     .map((d) => d.name)
     .sort(byCodePoint);
-  const list =
-    synsets === undefined ? dirs : typeof synsets === 'string' ? readSynsetList(synsets) : [...new Set(synsets)].sort(byCodePoint);
+  const list = synsets === undefined ? dirs : typeof synsets === 'string' ? readSynsetList(synsets) : [...new Set(synsets)].sort(byCodePoint);
   const index = new Map(list.map((s, i) => [s, i]));
   const entries: ImageFolderEntry[] = [];
   for (const dir of dirs) {
@@ -114,7 +112,11 @@ export interface ImageFolderOptions {
  * ImageFolder -> samples (files read lazily, one at a time). An unreadable or empty file is
  * skipped and reported ('unreadable').
  */
-export function readImageFolder(root: string, synsets?: string[] | string, opts: ImageFolderOptions = {}): SampleStream & {
+export function readImageFolder(
+  root: string,
+  synsets?: string[] | string,
+  opts: ImageFolderOptions = {},
+): SampleStream & {
   listing: () => ImageFolderListing;
 } {
   const problems = opts.problems ?? new Problems();

@@ -13,10 +13,7 @@ import { decodedSamples, epochShardOrder, streamShards, type DecodedSample, type
 import type { Augmentation } from './decode.js';
 import { Problems, type PixelBox, type Problem, type SampleSource } from './samples.js';
 
-export type ToWorker =
-  | { type: 'start'; gen: number; plan: StreamPlan; credit: number }
-  | { type: 'credit'; gen: number; n: number }
-  | { type: 'stop' };
+export type ToWorker = { type: 'start'; gen: number; plan: StreamPlan; credit: number } | { type: 'credit'; gen: number; n: number } | { type: 'stop' };
 
 export type ToMain =
   | { type: 'sample'; gen: number; sample: DecodedSample }

@@ -43,9 +43,7 @@ export function parseIdx(buf: Uint8Array, name: string, expectMagic: number): Id
   }
   const magic = view.getUint32(0, false);
   if (magic !== expectMagic) {
-    throw new Error(
-      `${name}: bad IDX magic number ${magic} (0x${magic.toString(16).padStart(8, '0')}), expected ${expectMagic}`,
-    );
+    throw new Error(`${name}: bad IDX magic number ${magic} (0x${magic.toString(16).padStart(8, '0')}), expected ${expectMagic}`);
   }
   const ndim = magic & 0xff;
   const header = 4 + 4 * ndim;
@@ -61,9 +59,7 @@ export function parseIdx(buf: Uint8Array, name: string, expectMagic: number): Id
   }
   const have = buf.byteLength - header;
   if (have < count) {
-    throw new Error(
-      `${name}: truncated IDX data: dims [${dims.join(', ')}] need ${count} bytes after the header, file has ${have}`,
-    );
+    throw new Error(`${name}: truncated IDX data: dims [${dims.join(', ')}] need ${count} bytes after the header, file has ${have}`);
   }
   if (have > count) {
     throw new Error(`${name}: IDX file has ${have - count} trailing bytes after dims [${dims.join(', ')}]`);

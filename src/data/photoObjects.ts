@@ -229,7 +229,9 @@ async function composite(
       }
     }
   }
-  const jpeg = await sharp(pixels, { raw: { width: W, height: H, channels: 3 } }).jpeg({ quality: 90 }).toBuffer();
+  const jpeg = await sharp(pixels, { raw: { width: W, height: H, channels: 3 } })
+    .jpeg({ quality: 90 })
+    .toBuffer();
   return { jpeg, mask, box: [x0, y0, x1 + 1, y1 + 1], maskArea: covered / (W * H) };
 }
 
@@ -260,8 +262,7 @@ export function vocXml(id: string, synset: string, width: number, height: number
  *                                            background and box
  */
 export async function makePhotoObjects(opts: PhotoObjectsOptions): Promise<PhotoObjectsManifest> {
-  const o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)) } as typeof DEFAULTS &
-    PhotoObjectsOptions;
+  const o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)) } as typeof DEFAULTS & PhotoObjectsOptions;
   const log = opts.log ?? (() => {});
   const stampsDir = join(o.sources, 'stamps');
   const bgDir = join(o.sources, 'backgrounds');
@@ -286,10 +287,15 @@ export async function makePhotoObjects(opts: PhotoObjectsOptions): Promise<Photo
     if (list.length === 0) throw new Error(`${stampsDir}: no cut-out for class ${c.name} in ${c.folders.join(', ')}`);
     stamps.set(c.name, list);
   }
-  const bgNames = readdirSync(bgDir).filter((f) => /\.(jpe?g|png)$/i.test(f)).sort();
+  const bgNames = readdirSync(bgDir)
+    .filter((f) => /\.(jpe?g|png)$/i.test(f))
+    .sort();
   if (bgNames.length < 2) throw new Error(`${bgDir}: need at least 2 background photos, found ${bgNames.length}`);
   // Background split: a seeded shuffle, the first share for validation.
-  const order = bgNames.map((n) => ({ n, k: seedFrom('background', o.seed, n) })).sort((a, b) => a.k - b.k).map((e) => e.n);
+  const order = bgNames
+    .map((n) => ({ n, k: seedFrom('background', o.seed, n) }))
+    .sort((a, b) => a.k - b.k)
+    .map((e) => e.n);
   const nVal = Math.max(1, Math.round(order.length * o.valBackgrounds));
   const backgrounds = { val: order.slice(0, nVal).sort(), train: order.slice(nVal).sort() };
   const bgBytes = new Map<string, Buffer>();
@@ -302,8 +308,22 @@ export async function makePhotoObjects(opts: PhotoObjectsOptions): Promise<Photo
     for (const d of ['train', 'val', 'val_xml', 'val_masks']) mkdirSync(join(tmp, d), { recursive: true });
     const synsets = classes.map((c) => c.name).sort();
     writeFileSync(join(tmp, 'classes.txt'), synsets.join('\n') + '\n');
-    writeFileSync(join(tmp, 'seen.txt'), classes.filter((c) => c.seen).map((c) => c.name).sort().join('\n') + '\n');
-    writeFileSync(join(tmp, 'unseen.txt'), classes.filter((c) => !c.seen).map((c) => c.name).sort().join('\n') + '\n');
+    writeFileSync(
+      join(tmp, 'seen.txt'),
+      classes
+        .filter((c) => c.seen)
+        .map((c) => c.name)
+        .sort()
+        .join('\n') + '\n',
+    );
+    writeFileSync(
+      join(tmp, 'unseen.txt'),
+      classes
+        .filter((c) => !c.seen)
+        .map((c) => c.name)
+        .sort()
+        .join('\n') + '\n',
+    );
     const t0 = performance.now();
     for (const split of ['train', 'val'] as const) {
       const perClass = split === 'train' ? o.trainPerClass : o.valPerClass;
@@ -322,7 +342,9 @@ export async function makePhotoObjects(opts: PhotoObjectsOptions): Promise<Photo
           writeFileSync(join(tmp, split, c.name, `${id}.jpg`), r.jpeg);
           if (split === 'val') {
             writeFileSync(join(tmp, 'val_xml', `${id}.xml`), vocXml(id, c.name, o.width, o.height, r.box));
-            await sharp(r.mask, { raw: { width: o.width, height: o.height, channels: 1 } }).png().toFile(join(tmp, 'val_masks', `${id}.png`));
+            await sharp(r.mask, { raw: { width: o.width, height: o.height, channels: 1 } })
+              .png()
+              .toFile(join(tmp, 'val_masks', `${id}.png`));
           }
           images.push({ id, split, class: c.name, instance: stamp.name, background: bgName, box: r.box, maskArea: r.maskArea });
         }

@@ -178,7 +178,8 @@ export function expandGlob(pattern: string): string[] {
   let paths = [pattern.startsWith('/') ? '/' : ''];
   for (const seg of pattern.split('/').filter((s) => s !== '')) {
     if (seg === '**') paths = paths.flatMap(dirsBelow);
-    else if (!GLOB_CHARS.test(seg)) paths = paths.map((p) => joinPath(p, seg)); // checked at the end
+    else if (!GLOB_CHARS.test(seg))
+      paths = paths.map((p) => joinPath(p, seg)); // checked at the end
     else {
       const re = segmentRegex(seg);
       const hidden = seg.startsWith('.');
@@ -240,9 +241,7 @@ function merge(parts: Part[]): Part {
   const [first, ...rest] = parts;
   for (const p of rest) {
     if (p.layout !== first!.layout) {
-      throw new DataSpecError(
-        `mixed layouts: ${q(first!.files[0]!)} is ${first!.layout} but ${q(p.files[0]!)} is ${p.layout}`,
-      );
+      throw new DataSpecError(`mixed layouts: ${q(first!.files[0]!)} is ${first!.layout} but ${q(p.files[0]!)} is ${p.layout}`);
     }
   }
   const files = [...new Set(parts.flatMap((p) => p.files))];

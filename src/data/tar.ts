@@ -8,16 +8,7 @@
  * each is recorded in a Problems list with the file and the byte offset of the header.
  */
 import { writeFileAtomic } from '../util/atomicWrite.js';
-import {
-  ByteReader,
-  chunksOf,
-  Problems,
-  sampleStream,
-  type ByteSource,
-  type PixelBox,
-  type Sample,
-  type SampleStream,
-} from './samples.js';
+import { ByteReader, chunksOf, Problems, sampleStream, type ByteSource, type PixelBox, type Sample, type SampleStream } from './samples.js';
 
 export const TAR_BLOCK = 512;
 
@@ -244,9 +235,7 @@ export type WebDatasetOptions = TarReadOptions;
  * A member group's label: `.cls` ASCII decimal and/or `.json` (a number, or {label|cls, synset?,
  * boxes?}); with both, `.cls` gives the label and `.json` the synset and boxes.
  */
-export function labelOf(
-  parts: Map<string, Uint8Array>,
-): { label?: number; synset?: string; boxes?: PixelBox[]; error?: string } {
+export function labelOf(parts: Map<string, Uint8Array>): { label?: number; synset?: string; boxes?: PixelBox[]; error?: string } {
   const out: { label?: number; synset?: string; boxes?: PixelBox[]; error?: string } = {};
   const json = parts.get('json');
   if (json !== undefined) {

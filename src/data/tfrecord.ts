@@ -8,16 +8,7 @@
  * label is skipped; each is recorded in Problems with the file and the record's byte offset.
  */
 import { maskedCrc32c } from '../util/crc32c.js';
-import {
-  ByteReader,
-  chunksOf,
-  Problems,
-  sampleStream,
-  type ByteSource,
-  type PixelBox,
-  type Sample,
-  type SampleStream,
-} from './samples.js';
+import { ByteReader, chunksOf, Problems, sampleStream, type ByteSource, type PixelBox, type Sample, type SampleStream } from './samples.js';
 
 export interface TfRecord {
   /** Byte offset of the record's length field. */
@@ -109,10 +100,7 @@ export function encodeTfRecord(data: Uint8Array): Uint8Array {
 // Feature { oneof { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3 } };
 // XList { repeated X value = 1 } (floats and int64s packed or not).
 
-export type Feature =
-  | { kind: 'bytes'; value: Uint8Array[] }
-  | { kind: 'float'; value: number[] }
-  | { kind: 'int64'; value: number[] };
+export type Feature = { kind: 'bytes'; value: Uint8Array[] } | { kind: 'float'; value: number[] } | { kind: 'int64'; value: number[] };
 
 class Pb {
   p: number;

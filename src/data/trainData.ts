@@ -136,7 +136,10 @@ async function digitsData(plan: DigitsPlan, o: OpenOptions): Promise<TrainData> 
     samplesPerEpoch: kept.length,
     async next(step, stepsPerEpoch) {
       const t0 = performance.now();
-      const b = toBatch(train, batchAt(kept.length, o.batchSize, o.seed, Math.floor(step / stepsPerEpoch), step % stepsPerEpoch).map((i) => kept[i]!));
+      const b = toBatch(
+        train,
+        batchAt(kept.length, o.batchSize, o.seed, Math.floor(step / stepsPerEpoch), step % stepsPerEpoch).map((i) => kept[i]!),
+      );
       return { x: b.x, y: b.y, waitMs: performance.now() - t0 };
     },
     heldOut: clutteredHeldOut(val),
@@ -219,7 +222,11 @@ async function shardsData(plan: ShardsPlan, o: OpenOptions): Promise<TrainData> 
 }
 
 /** The first `valCount` images of --val (or of the training data), eval preprocessing. */
-async function shardsHeldOut(plan: ShardsPlan, loaderOptions: Omit<ConstructorParameters<typeof DataLoader>[1], 'preprocess'>, o: OpenOptions): Promise<HeldOut> {
+async function shardsHeldOut(
+  plan: ShardsPlan,
+  loaderOptions: Omit<ConstructorParameters<typeof DataLoader>[1], 'preprocess'>,
+  o: OpenOptions,
+): Promise<HeldOut> {
   const ds = openDataset(plan.val ?? plan.train, plan.val ? plan.valOptions : plan.trainOptions);
   const loader = new DataLoader(ds, { ...loaderOptions, preprocess: 'eval', shuffleBuffer: 0, seed: seedFrom('held-out', o.seed) });
   const per = o.size * o.size * 3;

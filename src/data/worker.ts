@@ -28,7 +28,7 @@ async function run(g: number, plan: StreamPlan): Promise<void> {
     }
     post({ type: 'end', gen: g });
   } catch (e) {
-    post({ type: 'error', gen: g, message: e instanceof Error ? e.stack ?? e.message : String(e) });
+    post({ type: 'error', gen: g, message: e instanceof Error ? (e.stack ?? e.message) : String(e) });
   }
 }
 

@@ -49,9 +49,7 @@ function nodesFromXToY(tape: TapeNode[], xs: tf.Tensor[], y: tf.Tensor): { node:
     nodeToY[i] = true;
     for (const t of Object.values(tape[i]!.inputs)) toY.add(t.id);
   }
-  return tape.flatMap((node, i) =>
-    nodeFromX[i] && nodeToY[i] ? [{ node, inputs: Object.entries(node.inputs).filter(([, t]) => fromX.has(t.id)) }] : [],
-  );
+  return tape.flatMap((node, i) => (nodeFromX[i] && nodeToY[i] ? [{ node, inputs: Object.entries(node.inputs).filter(([, t]) => fromX.has(t.id)) }] : []));
 }
 
 const engine = tf.engine() as unknown as EngineInternals;
@@ -114,7 +112,9 @@ function releasingGradients(this: EngineInternals, f: () => tf.Tensor, xs: tf.Te
           throw new Error(`Error in gradient for op ${node.kernelName}. The gradient of input ${name} must have 'float32' dtype, but has '${dx.dtype}'`);
         }
         if (!tf.util.arraysEqual(dx.shape, x.shape)) {
-          throw new Error(`Error in gradient for op ${node.kernelName}. The gradient of input '${name}' has shape '${dx.shape}', which does not match the shape of the input '${x.shape}'`);
+          throw new Error(
+            `Error in gradient for op ${node.kernelName}. The gradient of input '${name}' has shape '${dx.shape}', which does not match the shape of the input '${x.shape}'`,
+          );
         }
         const sum = grad.get(x.id);
         if (sum == null) hold(x.id, dx);

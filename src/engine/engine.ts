@@ -29,12 +29,7 @@ import { createRequire } from 'node:module';
 
 export type BackendChoice = 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'cpu';
 
-export const BACKEND_CHOICES: readonly BackendChoice[] = Object.freeze([
-  'auto',
-  'tensorflow',
-  'tensorflow-gpu',
-  'cpu',
-] as const);
+export const BACKEND_CHOICES: readonly BackendChoice[] = Object.freeze(['auto', 'tensorflow', 'tensorflow-gpu', 'cpu'] as const);
 
 /** How training runs on the native engine (patches.ts); the pure-JS backend always composes. */
 export const TRAINING_PATHS = ['fused', 'composed'] as const;
@@ -134,8 +129,7 @@ async function loadNative(choice: NativeChoice): Promise<{ pkg: string; pkgVersi
   }
   if (!existsSync(where.binding)) {
     throw new Unavailable(
-      `backend '${choice}' is unavailable: the native binding of ${pkg} is not built ` +
-        `(${where.binding} is missing)`,
+      `backend '${choice}' is unavailable: the native binding of ${pkg} is not built ` + `(${where.binding} is missing)`,
       false,
       BUILD_HINT[choice],
     );
@@ -144,12 +138,7 @@ async function loadNative(choice: NativeChoice): Promise<{ pkg: string; pkgVersi
   try {
     await import(pkg);
   } catch (err) {
-    throw new Unavailable(
-      `backend '${choice}' is unavailable: ${pkg} failed to load (${firstLine(err)})`,
-      false,
-      BUILD_HINT[choice],
-      { cause: err },
-    );
+    throw new Unavailable(`backend '${choice}' is unavailable: ${pkg} failed to load (${firstLine(err)})`, false, BUILD_HINT[choice], { cause: err });
   }
   // The package registered 'tensorflow' and made it current, in the engine we import.
   const backend = tf.findBackend('tensorflow') as { binding?: { TF_Version?: unknown } } | null;

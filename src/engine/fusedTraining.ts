@@ -51,7 +51,12 @@ function batchNormAttrs(b: NativeBackend, epsilon: number): TfeAttr[] {
  * FusedBatchNormGradV3). Returns y and the batch mean and biased variance (what tfjs's moments
  * give, so the moving statistics move exactly as on the plain path's formula).
  */
-export function fusedBatchNormTraining(x: tf.Tensor4D, gamma: tf.Tensor1D, beta: tf.Tensor1D, epsilon: number): { y: tf.Tensor4D; mean: tf.Tensor1D; variance: tf.Tensor1D } {
+export function fusedBatchNormTraining(
+  x: tf.Tensor4D,
+  gamma: tf.Tensor1D,
+  beta: tf.Tensor1D,
+  epsilon: number,
+): { y: tf.Tensor4D; mean: tf.Tensor1D; variance: tf.Tensor1D } {
   const b = nativeBackend();
   if (b === null) throw new Error('fusedBatchNormTraining needs the native engine');
   const attrs = batchNormAttrs(b, epsilon);
@@ -111,7 +116,10 @@ const fusedBatchNormCall: Call = function (inputs, kwargs) {
   return tf.tidy(() => {
     const { y, mean, variance } = fusedBatchNormTraining(x as tf.Tensor4D, this.gamma.read(), this.beta.read(), this.epsilon);
     // The moving averages exactly as tfjs-layers updates them: v - (v - value) * (1 - momentum).
-    for (const [v, value] of [[this.movingMean, mean], [this.movingVariance, variance]] as const) {
+    for (const [v, value] of [
+      [this.movingMean, mean],
+      [this.movingVariance, variance],
+    ] as const) {
       tf.tidy(() => {
         const old = v.read();
         v.write(tf.sub(old, tf.mul(tf.sub(old, value), 1 - this.momentum)));

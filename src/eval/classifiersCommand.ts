@@ -24,11 +24,22 @@ import { readLayersModel } from '../export/exportMasker.js';
 import { Progress } from '../log/progress.js';
 import { openEvalData, type EvalDataOptions } from './evalData.js';
 import { barChartPng } from './figures.js';
-import { DEFAULT_RADIUS, inpaintTelea } from './inpaint.js';
+import { inpaintTelea } from './inpaint.js';
 import { binarize, binarizeTopK, type Binarization } from '../boxes.js';
 import { buildMethods, loadModels } from './methods.js';
 import { markdownTable, provenance, provenanceLines, writeReport, type Provenance } from './report.js';
-import { checkShard, firstExamples, problemsRecord, readShares, SHARE_FILE, writeShare, type ExampleCodec, type ProblemsRecord, type ShareCommon, type Shard } from './shares.js';
+import {
+  checkShard,
+  firstExamples,
+  problemsRecord,
+  readShares,
+  SHARE_FILE,
+  writeShare,
+  type ExampleCodec,
+  type ProblemsRecord,
+  type ShareCommon,
+  type Shard,
+} from './shares.js';
 import { sha256File } from '../util/sha256.js';
 import { UsageError } from '../util/usageError.js';
 
@@ -119,7 +130,9 @@ async function loadClassifier(path: string, size: number): Promise<Loaded> {
   let loaded: Loaded;
   if (existsSync(join(path, 'model.json'))) {
     const model = await readLayersModel(path);
-    const files = readdirSync(path).filter((f) => statSync(join(path, f)).isFile()).sort();
+    const files = readdirSync(path)
+      .filter((f) => statSync(join(path, f)).isFile())
+      .sort();
     loaded = { classifier: new Classifier(model), files: Object.fromEntries(files.map((f) => [f, sha256File(join(path, f))])), dispose: () => model.dispose() };
   } else {
     const { model, state } = loadCasmModel(path);
@@ -301,7 +314,13 @@ function buildClassifiersReport(shares: ClassifiersShare[], prov: Provenance): {
 }
 
 /** report.json, report.md, top1.png and examples.png into `out`. */
-async function writeClassifiersReport(out: string, report: ClassifiersReport, examples: Uint8Array[][], size: number, log: (line: string) => void): Promise<void> {
+async function writeClassifiersReport(
+  out: string,
+  report: ClassifiersReport,
+  examples: Uint8Array[][],
+  size: number,
+  log: (line: string) => void,
+): Promise<void> {
   const chart = await barChartPng({
     title: `Top-1 accuracy (${report.images} images)`,
     yLabel: 'top-1',

@@ -47,8 +47,7 @@ export function niceMax(v: number): number {
   return [1, 2, 2.5, 5, 10].map((m) => m * p).find((m) => m >= v * (1 - 1e-12))!;
 }
 
-const text = (x: number, y: number, s: string, attrs = '') =>
-  `<text x="${x}" y="${y}" font-family="${FONT}" fill="${TEXT}" ${attrs}>${escapeXml(s)}</text>`;
+const text = (x: number, y: number, s: string, attrs = '') => `<text x="${x}" y="${y}" font-family="${FONT}" fill="${TEXT}" ${attrs}>${escapeXml(s)}</text>`;
 
 async function rasterise(svg: string): Promise<Buffer> {
   return sharp(Buffer.from(svg)).flatten({ background: '#ffffff' }).png().toBuffer();
@@ -178,18 +177,27 @@ export async function exampleGridPng(rows: ExampleRow[], opts: { methods: string
   const origin = (r: number, c: number): [number, number] => [SEPARATOR + c * (cw + SEPARATOR), HEADER_H + SEPARATOR + r * (ch + SEPARATOR)];
   const rect = (r: number, c: number, b: Box, color: readonly number[]) => {
     const clamp = (v: number, hi: number) => Math.min(Math.max(v, 0), hi - 1);
-    const [x0, y0, x1, y1] = [clamp(Math.round(b[0]) * scale, cw), clamp(Math.round(b[1]) * scale, ch), clamp(Math.round(b[2]) * scale - 1, cw), clamp(Math.round(b[3]) * scale - 1, ch)];
+    const [x0, y0, x1, y1] = [
+      clamp(Math.round(b[0]) * scale, cw),
+      clamp(Math.round(b[1]) * scale, ch),
+      clamp(Math.round(b[2]) * scale - 1, cw),
+      clamp(Math.round(b[3]) * scale - 1, ch),
+    ];
     if (x1 < x0 || y1 < y0) return;
     const [ox, oy] = origin(r, c);
     // Pixel centres (+0.5) with a 1 px stroke and no anti-aliasing colour exactly the edge pixels.
     const [a, bb, cc, d] = [ox + x0 + 0.5, oy + y0 + 0.5, ox + x1 + 0.5, oy + y1 + 0.5];
-    svg.push(`<path d="M${a} ${bb}H${cc}V${d}H${a}Z" fill="none" stroke="rgb(${color.join(',')})" stroke-width="1" stroke-linecap="square" shape-rendering="crispEdges"/>`);
+    svg.push(
+      `<path d="M${a} ${bb}H${cc}V${d}H${a}Z" fill="none" stroke="rgb(${color.join(',')})" stroke-width="1" stroke-linecap="square" shape-rendering="crispEdges"/>`,
+    );
   };
   rows.forEach((row, r) => {
     if (row.title) {
       const [ox, oy] = origin(r, 0);
       // White text with a dark outline reads on any image; drawn first so boxes stay on top.
-      svg.push(`<text x="${ox + 3}" y="${oy + ch - 4}" font-family="${FONT}" font-size="11" fill="#ffffff" stroke="#000000" stroke-width="2.5" paint-order="stroke">${escapeXml(row.title)}</text>`);
+      svg.push(
+        `<text x="${ox + 3}" y="${oy + ch - 4}" font-family="${FONT}" font-size="11" fill="#ffffff" stroke="#000000" stroke-width="2.5" paint-order="stroke">${escapeXml(row.title)}</text>`,
+      );
     }
     for (let c = 0; c <= row.cells.length; c++) {
       for (const t of row.truth) rect(r, c, t, GT_COLOR);

@@ -24,13 +24,7 @@ export function openCV(): Promise<typeof OpenCV> {
  * pixel is estimated from, in pixels (OpenCV rounds it and clamps it to [1, 100]).
  * Returns new bytes; the arguments are not modified.
  */
-export async function inpaintTelea(
-  rgb: Uint8Array,
-  mask: Uint8Array,
-  width: number,
-  height: number,
-  radius = DEFAULT_RADIUS,
-): Promise<Uint8Array> {
+export async function inpaintTelea(rgb: Uint8Array, mask: Uint8Array, width: number, height: number, radius = DEFAULT_RADIUS): Promise<Uint8Array> {
   if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1) {
     throw new Error(`inpaintTelea: width and height must be positive integers (got ${width} x ${height})`);
   }

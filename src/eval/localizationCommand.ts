@@ -279,11 +279,23 @@ async function scoreLocalization(o: LocalizationOptions, shard: Shard): Promise<
     return {
       shard,
       setup: {
-        checkpoint: checkpoint && { dir: checkpoint.dir, step: checkpoint.state.step, thinning: checkpoint.state.config.thinning, score: checkpoint.state.config.score },
+        checkpoint: checkpoint && {
+          dir: checkpoint.dir,
+          step: checkpoint.state.step,
+          thinning: checkpoint.state.config.thinning,
+          score: checkpoint.state.config.score,
+        },
         checkpointFiles: checkpoint?.state.files ?? null,
         compared: compared.models.map((m) => ({ dir: m.checkpoint!.dir, step: m.checkpoint!.state.step, files: m.checkpoint!.state.files })),
         model: models.exported?.dir ?? null,
-        data: { spec: o.data.spec, boxes: o.data.boxes ?? null, describe: data.describe, total: data.total, batchSize: o.data.batchSize, limit: o.data.limit ?? null },
+        data: {
+          spec: o.data.spec,
+          boxes: o.data.boxes ?? null,
+          describe: data.describe,
+          total: data.total,
+          batchSize: o.data.batchSize,
+          limit: o.data.limit ?? null,
+        },
         protocol: {
           preprocess: o.data.preprocess === 'eval' ? `short side to ${models.size}, centre crop ${models.size}` : `resize to ${models.size}x${models.size}`,
           size: models.size,
@@ -326,7 +338,9 @@ export function buildLocalizationReport(
   const names = setup.methods;
   const scored = records.length;
   if (scored === 0) {
-    throw new Error(`${setup.data.spec}: none of the ${read} images has a ground-truth box of its class${setup.data.boxes ? ` in ${setup.data.boxes}` : ' (give --boxes)'}`);
+    throw new Error(
+      `${setup.data.spec}: none of the ${read} images has a ground-truth box of its class${setup.data.boxes ? ` in ${setup.data.boxes}` : ' (give --boxes)'}`,
+    );
   }
   const seenSet = setup.seenClasses && new Set(setup.seenClasses);
   const isSeen = (label: number) => seenSet === null || seenSet.has(label);
@@ -375,9 +389,12 @@ export async function mergeLocalization(dirs: string[], out: string, argv: strin
 /** report.json, report.md, le.png and examples.png into `out`. */
 export async function writeLocalizationReport(out: string, report: LocalizationReport, examples: ExampleRow[], log: (line: string) => void): Promise<void> {
   const names = Object.keys(report.methods);
-  if (report.images.withoutBoxes > 0) log(`${report.images.withoutBoxes} of ${report.images.read} images have no box of their class: not scored (see problems in report.json)`);
+  if (report.images.withoutBoxes > 0)
+    log(`${report.images.withoutBoxes} of ${report.images.read} images have no box of their class: not scored (see problems in report.json)`);
   const parts = report.bySplit
-    ? (['seen', 'unseen'] as const).flatMap((k) => (report.bySplit![k] ? [{ name: `${k} classes (${report.bySplit![k]!.images})`, r: report.bySplit![k]!.methods }] : []))
+    ? (['seen', 'unseen'] as const).flatMap((k) =>
+        report.bySplit![k] ? [{ name: `${k} classes (${report.bySplit![k]!.images})`, r: report.bySplit![k]!.methods }] : [],
+      )
     : [{ name: 'LE', r: report.methods }];
   const le = await barChartPng({
     title: `Localisation error (${report.images.scored} images)`,
@@ -411,7 +428,9 @@ function localizationMarkdown(r: LocalizationReport): string {
     `# Localisation (spec section 4)`,
     '',
     ...provenanceLines(r.provenance),
-    r.checkpoint ? `- checkpoint: ${r.checkpoint.dir} (step ${r.checkpoint.step}, thinning ${r.checkpoint.thinning}, score ${r.checkpoint.score})` : '- checkpoint: none',
+    r.checkpoint
+      ? `- checkpoint: ${r.checkpoint.dir} (step ${r.checkpoint.step}, thinning ${r.checkpoint.thinning}, score ${r.checkpoint.score})`
+      : '- checkpoint: none',
     r.model ? `- exported mask network: ${r.model}` : '',
     `- data: ${r.data.describe}${r.data.boxes ? `; boxes ${r.data.boxes}` : ''}`,
     `- images: ${r.images.read} read, ${r.images.scored} scored, ${r.images.withoutBoxes} without a box of their class; ${r.problems.count} data problems`,

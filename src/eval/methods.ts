@@ -19,7 +19,6 @@ export const EVAL_METHODS = [...EXPLAIN_METHODS, 'full', 'centre'] as const;
 export type EvalMethod = (typeof EVAL_METHODS)[number];
 export const DEFAULT_METHODS: EvalMethod[] = ['casm', 'gradcam', 'smoothgrad', 'vanilla', 'full', 'centre'];
 
-
 export const parseEvalMethods = (spec: string): EvalMethod[] => parseMethods(spec, EVAL_METHODS);
 
 /** One method: masks of a batch (x normalised NHWC, labels) as n*h*w floats in [0, 1]. */
@@ -54,7 +53,9 @@ export async function loadModels(checkpoint: string | undefined, exportedDir: st
   const exported = exportedDir === undefined ? null : { dir: exportedDir, ...(await loadMaskNetwork(exportedDir)) };
   const size = casm?.arch.inputSize ?? exported!.meta.input.height;
   if (exported && exported.meta.input.height !== size) {
-    throw new UsageError(`--model ${exportedDir}: input ${exported.meta.input.height}x${exported.meta.input.width} differs from the checkpoint's ${size}x${size}`);
+    throw new UsageError(
+      `--model ${exportedDir}: input ${exported.meta.input.height}x${exported.meta.input.width} differs from the checkpoint's ${size}x${size}`,
+    );
   }
   return {
     size,

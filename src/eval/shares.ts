@@ -116,7 +116,8 @@ function readShare<E extends object, S extends ShareCommon<object, E>>(dir: stri
   if (file.kind !== kind) throw new UsageError(`${dir}: a share of 'eval ${file.kind}', not of 'eval ${kind}'`);
   const pixelsPath = join(dir, EXAMPLES_FILE);
   const bytes = existsSync(pixelsPath) ? readFileSync(pixelsPath) : null;
-  if (bytes === null || sha256(bytes) !== file.examplesSha256) throw new UsageError(`${pixelsPath}: missing or not the one ${join(dir, SHARE_FILE)} was written with`);
+  if (bytes === null || sha256(bytes) !== file.examplesSha256)
+    throw new UsageError(`${pixelsPath}: missing or not the one ${join(dir, SHARE_FILE)} was written with`);
   const { tensors } = parseSafetensors(bytes, pixelsPath);
   const share = file.share as S;
   return {
@@ -144,7 +145,8 @@ export function readShares<E extends object, S extends ShareCommon<object, E>>(d
   const count = first.shard.count;
   const byIndex = new Map<number, string>();
   shares.forEach((s, i) => {
-    if (s.shard.count !== count) throw new UsageError(`${dirs[0]} is shard ${first.shard.index} of ${count}, ${dirs[i]} shard ${s.shard.index} of ${s.shard.count}`);
+    if (s.shard.count !== count)
+      throw new UsageError(`${dirs[0]} is shard ${first.shard.index} of ${count}, ${dirs[i]} shard ${s.shard.index} of ${s.shard.count}`);
     const other = byIndex.get(s.shard.index);
     if (other !== undefined) throw new UsageError(`shard ${s.shard.index} of ${count} given twice: ${other} and ${dirs[i]}`);
     byIndex.set(s.shard.index, dirs[i]!);
@@ -154,12 +156,16 @@ export function readShares<E extends object, S extends ShareCommon<object, E>>(d
       if (a !== b) throw new UsageError(`${dirs[0]} and ${dirs[i]} are not shards of one evaluation: their ${key} differs (${clip(a!)} against ${clip(b!)})`);
     }
     if (engineText(s.provenance) !== engineText(first.provenance)) {
-      throw new UsageError(`${dirs[0]} and ${dirs[i]} were scored by different engines (${engineText(first.provenance)} against ${engineText(s.provenance)}): their figures would not be one run's`);
+      throw new UsageError(
+        `${dirs[0]} and ${dirs[i]} were scored by different engines (${engineText(first.provenance)} against ${engineText(s.provenance)}): their figures would not be one run's`,
+      );
     }
     // Where and what, not the decoder's words: libvips words one corrupt JPEG differently from run to run.
     const seen = (p: ProblemsRecord) => JSON.stringify([p.count, p.byKind, p.first.map((l) => l.split(': ').slice(0, 2).join(': '))]);
     if (s.read !== first.read || seen(s.problems) !== seen(first.problems)) {
-      throw new UsageError(`${dirs[0]} and ${dirs[i]} read different data (${first.read} images, ${first.problems.count} problems against ${s.read}, ${s.problems.count})`);
+      throw new UsageError(
+        `${dirs[0]} and ${dirs[i]} read different data (${first.read} images, ${first.problems.count} problems against ${s.read}, ${s.problems.count})`,
+      );
     }
   });
   const missing = Array.from({ length: count }, (_, i) => i).filter((i) => !byIndex.has(i));

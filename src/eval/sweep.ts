@@ -91,7 +91,17 @@ export async function runSweep(o: SweepOptions): Promise<SweepState | null> {
   });
   const table = markdownTable(
     ['training', 'thinning', 'score', 'lambda_R', 'LE', 'OM', 'F1', 'mask area', 'classifier top-1'],
-    trainings.map((t) => [t.name, t.thinning, t.score, t.lambdaR === null ? 'default' : String(t.lambdaR), t.result.le, t.result.om, t.result.f1, t.result.area, t.result.classifierTop1]),
+    trainings.map((t) => [
+      t.name,
+      t.thinning,
+      t.score,
+      t.lambdaR === null ? 'default' : String(t.lambdaR),
+      t.result.le,
+      t.result.om,
+      t.result.f1,
+      t.result.area,
+      t.result.classifierTop1,
+    ]),
   );
   const md = [
     '# CASM sweep: thinning x score',

@@ -56,11 +56,14 @@ export async function runTrainings<T extends Planned<R>, R, S extends { training
   const done = () => trainings.filter((t) => t.result !== null).length;
   if (saved) o.log(`${planPath}: ${done()} of ${trainings.length} trainings done`);
   if (o.task !== undefined && !(Number.isInteger(o.task) && o.task >= 0 && o.task < trainings.length)) {
-    throw new Error(`--task ${o.task}: the study has ${trainings.length} trainings (tasks 0-${trainings.length - 1}: ${trainings.map((t) => t.name).join(', ')})`);
+    throw new Error(
+      `--task ${o.task}: the study has ${trainings.length} trainings (tasks 0-${trainings.length - 1}: ${trainings.map((t) => t.name).join(', ')})`,
+    );
   }
   if (o.merge) {
     const missing = trainings.flatMap((t, i) => (t.result === null ? [`${i} (${t.name})`] : []));
-    if (missing.length > 0) throw new Error(`${o.out}: ${missing.length} of ${trainings.length} trainings not done: tasks ${missing.join(', ')}; run them (--task i) before --merge`);
+    if (missing.length > 0)
+      throw new Error(`${o.out}: ${missing.length} of ${trainings.length} trainings not done: tasks ${missing.join(', ')}; run them (--task i) before --merge`);
   }
   for (const t of o.task === undefined ? trainings : [trainings[o.task]!]) {
     const runDir = join(o.out, `train-${t.name}`);

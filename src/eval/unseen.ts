@@ -50,7 +50,10 @@ export function trainingClasses(splits: Record<string, number[]>, training: stri
   const names = SPLIT_SHARES.map(([n]) => n);
   const [lo, hi] = [names.indexOf(m[1]!), names.indexOf(m[2] ?? m[1]!)];
   if (hi < lo) throw new Error(`training '${training}': the range is reversed`);
-  return names.slice(lo, hi + 1).flatMap((n) => splits[n]!).sort((a, b) => a - b);
+  return names
+    .slice(lo, hi + 1)
+    .flatMap((n) => splits[n]!)
+    .sort((a, b) => a - b);
 }
 
 export interface Training extends Planned<UnseenResult> {
@@ -125,7 +128,11 @@ function sameExperiment(a: State, b: State): boolean {
 /** The report once every training is done (null after a task that leaves others to do). */
 export async function runUnseen(o: UnseenOptions): Promise<State | null> {
   const state = plan(o);
-  o.log(`unseen: ${o.numClasses} classes; ${Object.entries(state.splits).map(([k, v]) => `${k} ${v.length}`).join(', ')}; trainings ${state.trainings.map((t) => t.name).join(', ')}`);
+  o.log(
+    `unseen: ${o.numClasses} classes; ${Object.entries(state.splits)
+      .map(([k, v]) => `${k} ${v.length}`)
+      .join(', ')}; trainings ${state.trainings.map((t) => t.name).join(', ')}`,
+  );
   const never = new Set(state.never);
   const trainings = await runTrainings<Training, UnseenResult, State>({
     out: o.out,
@@ -164,7 +171,9 @@ export async function runUnseen(o: UnseenOptions): Promise<State | null> {
     '# Localisation on classes unseen in training (spec section 4)',
     '',
     ...provenanceLines(state.provenance),
-    `- ${state.numClasses} classes, seed ${state.seed}; sets: ${Object.entries(state.splits).map(([k, v]) => `${k} = {${v.join(',')}}`).join('; ')}`,
+    `- ${state.numClasses} classes, seed ${state.seed}; sets: ${Object.entries(state.splits)
+      .map(([k, v]) => `${k} = {${v.join(',')}}`)
+      .join('; ')}`,
     '',
     table,
     'LE on the images of the classes a masker was trained on (seen), of the others (unseen), and of the classes no training saw (never seen).',
@@ -182,6 +191,13 @@ const fmt = (v: number | null) => (v === null ? 'n/a' : v.toFixed(3));
 export function unseenTable(state: State): string {
   return markdownTable(
     ['training', 'classes trained', 'LE seen', 'LE unseen', 'LE never seen', 'images seen / unseen'],
-    state.trainings.map((t) => [t.name, String(t.classes.length), t.result!.leSeen, t.result!.leUnseen, t.result!.leNever, `${t.result!.seen} / ${t.result!.unseen}`]),
+    state.trainings.map((t) => [
+      t.name,
+      String(t.classes.length),
+      t.result!.leSeen,
+      t.result!.leUnseen,
+      t.result!.leNever,
+      `${t.result!.seen} / ${t.result!.unseen}`,
+    ]),
   );
 }

@@ -50,9 +50,28 @@ export type Colormap = (typeof COLORMAPS)[number];
 
 /** matplotlib's _jet_data: per channel, (x, y) anchors of a piecewise-linear ramp. */
 const JET: [number, number][][] = [
-  [[0, 0], [0.35, 0], [0.66, 1], [0.89, 1], [1, 0.5]],
-  [[0, 0], [0.125, 0], [0.375, 1], [0.64, 1], [0.91, 0], [1, 0]],
-  [[0, 0.5], [0.11, 1], [0.34, 1], [0.65, 0], [1, 0]],
+  [
+    [0, 0],
+    [0.35, 0],
+    [0.66, 1],
+    [0.89, 1],
+    [1, 0.5],
+  ],
+  [
+    [0, 0],
+    [0.125, 0],
+    [0.375, 1],
+    [0.64, 1],
+    [0.91, 0],
+    [1, 0],
+  ],
+  [
+    [0, 0.5],
+    [0.11, 1],
+    [0.34, 1],
+    [0.65, 0],
+    [1, 0],
+  ],
 ];
 
 function ramp(anchors: [number, number][], x: number): number {
@@ -74,7 +93,11 @@ const LUTS: Record<Colormap, Uint8Array> = {
 
 function lut(f: (x: number) => number[]): Uint8Array {
   const t = new Uint8Array(256 * 3);
-  for (let i = 0; i < 256; i++) t.set(f(i / 255).map((v) => Math.round(v * 255)), i * 3);
+  for (let i = 0; i < 256; i++)
+    t.set(
+      f(i / 255).map((v) => Math.round(v * 255)),
+      i * 3,
+    );
   return t;
 }
 
@@ -133,5 +156,7 @@ export function tile(cells: Uint8Array[][], w: number, h: number): { rgb: Uint8A
 
 /** RGB bytes -> PNG. */
 export function png(rgb: Uint8Array, width: number, height: number): Promise<Buffer> {
-  return sharp(Buffer.from(rgb.buffer, rgb.byteOffset, rgb.byteLength), { raw: { width, height, channels: 3 } }).png().toBuffer();
+  return sharp(Buffer.from(rgb.buffer, rgb.byteOffset, rgb.byteLength), { raw: { width, height, channels: 3 } })
+    .png()
+    .toBuffer();
 }

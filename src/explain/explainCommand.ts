@@ -24,7 +24,6 @@ import { UsageError } from '../util/usageError.js';
 export const METHODS = ['casm', 'gradcam', 'smoothgrad', 'vanilla', 'gradxinput'] as const;
 export type Method = (typeof METHODS)[number];
 
-
 /** 'all' or a comma-separated list of `valid` names; an unknown name lists the valid ones. */
 export function parseMethods<T extends string>(spec: string, valid: readonly T[] = METHODS as readonly string[] as readonly T[]): T[] {
   const names = spec.split(',').map((s) => s.trim());

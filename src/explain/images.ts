@@ -11,7 +11,6 @@ import sharp from 'sharp';
 import { normalize } from '../data/normalize.js';
 import { UsageError } from '../util/usageError.js';
 
-
 /** Files and folders (each contributes its files, sorted, hidden ones skipped) -> files; a missing path or no file at all is a UsageError. */
 export function expandInputs(inputs: string[]): string[] {
   const files: string[] = [];
@@ -65,7 +64,12 @@ export async function loadImages(
   }
   if (decoded.length === 0) return null;
   const all = new Float32Array(decoded.length * height * width * channels);
-  pixels.forEach((p, i) => all.set(Float32Array.from(p, (v) => v / 255), i * p.length));
+  pixels.forEach((p, i) =>
+    all.set(
+      Float32Array.from(p, (v) => v / 255),
+      i * p.length,
+    ),
+  );
   const x = tf.tidy(() => normalize(tf.tensor4d(all, [decoded.length, height, width, channels])));
   return { x, indices: decoded };
 }

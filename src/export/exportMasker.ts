@@ -191,7 +191,10 @@ export async function buildMaskNetwork(casm: CasmModel, name = 'casm_masker'): P
 /** normalize() of every byte value v (as v / 255), laid out [channel * 256 + v, 1]. */
 function byteTable(channels: number): tf.Tensor2D {
   return tf.tidy(() => {
-    const ramp = tf.tensor4d(Float32Array.from({ length: 256 * channels }, (_, i) => Math.floor(i / channels) / 255), [1, 1, 256, channels]);
+    const ramp = tf.tensor4d(
+      Float32Array.from({ length: 256 * channels }, (_, i) => Math.floor(i / channels) / 255),
+      [1, 1, 256, channels],
+    );
     // [1, 1, 256, C] -> [C, 256] -> [C * 256, 1]
     return tf.transpose(normalize(ramp).reshape([256, channels])).reshape([256 * channels, 1]) as tf.Tensor2D;
   });
@@ -359,7 +362,13 @@ export async function exportMasker(o: ExportOptions): Promise<ExportResult> {
       model: 'model.json',
       input: { name: model.inputNames[0], height: size, width: size, channels: 3, layout: 'NHWC', range: [0, 255], dtype: 'float32', colorSpace: 'sRGB RGB' },
       output: { name: model.outputNames[0], shape: [size, size, 1], range: [0, 1], meaning: 'saliency mask: 1 = the classifier needs this pixel' },
-      normalization: { mean: IMAGENET_MEAN.slice(), std: IMAGENET_STD.slice(), inGraph: true, formula: '(v / 255 - mean) / std per channel, float32', layers: ['normalize_index', 'normalize_lookup', 'normalize'] },
+      normalization: {
+        mean: IMAGENET_MEAN.slice(),
+        std: IMAGENET_STD.slice(),
+        inGraph: true,
+        formula: '(v / 255 - mean) / std per channel, float32',
+        layers: ['normalize_index', 'normalize_lookup', 'normalize'],
+      },
       threshold: {
         rule: 'relative-to-mean',
         alpha: 1,
@@ -404,7 +413,9 @@ export async function loadMaskNetwork(dir: string): Promise<{ model: tf.LayersMo
   }
   if (meta.format !== MASKER_FORMAT) throw new ExportError(`${metaPath}: not a ${MASKER_FORMAT} file`);
   if (meta.version !== MASKER_FORMAT_VERSION) {
-    throw new ExportError(`${metaPath}: masker format version ${meta.version} (written by casm-ts ${meta.projectVersion}); this build (${PROJECT_VERSION}) reads version ${MASKER_FORMAT_VERSION}`);
+    throw new ExportError(
+      `${metaPath}: masker format version ${meta.version} (written by casm-ts ${meta.projectVersion}); this build (${PROJECT_VERSION}) reads version ${MASKER_FORMAT_VERSION}`,
+    );
   }
   // A missing shard is reported by readLayersModel, naming the manifest that lists it.
   for (const [file, hash] of Object.entries(meta.files ?? {})) {

@@ -159,10 +159,7 @@ export function parseSafetensors(bytes: Uint8Array, label = '<safetensors>'): Sa
   let prev: string | null = null;
   for (const e of sorted) {
     if (e.end > dataLen) {
-      fail(
-        `truncated: tensor ${e.name} needs bytes [${e.begin},${e.end}) of the data section, ` +
-          `but only ${dataLen} bytes follow the header`,
-      );
+      fail(`truncated: tensor ${e.name} needs bytes [${e.begin},${e.end}) of the data section, ` + `but only ${dataLen} bytes follow the header`);
     }
     if (e.begin < pos) fail(`invalid header: tensor ${e.name} at [${e.begin},${e.end}) overlaps tensor ${prev} (ends at ${pos})`);
     if (e.begin > pos) {

@@ -43,11 +43,7 @@ export function maskGridLayout(rows: number, h: number, w: number, scale: number
 }
 
 /** Renders the grid as raw RGB bytes (exported for tests and other encoders). */
-export function maskGridRgb(
-  images01: tf.Tensor4D,
-  masks: tf.Tensor4D,
-  opts: MaskGridOptions = {},
-): { rgb: Uint8Array; width: number; height: number } {
+export function maskGridRgb(images01: tf.Tensor4D, masks: tf.Tensor4D, opts: MaskGridOptions = {}): { rgb: Uint8Array; width: number; height: number } {
   const [n, h, w, c] = images01.shape;
   if (c !== 1 && c !== 3) throw new Error(`maskGrid: images must have 1 or 3 channels, got ${c}`);
   if (masks.shape[0] !== n || masks.shape[3] !== 1) {

@@ -197,11 +197,13 @@ export class SummaryWriter {
    * checkpoint, instead of showing them twice.
    */
   sessionStart(step: number): void {
-    this.push(eventProto(Date.now() / 1000, checkInteger(step), (ev) => {
-      const log = new ProtoWriter();
-      log.int32(1, 1);
-      ev.message(7, log);
-    }));
+    this.push(
+      eventProto(Date.now() / 1000, checkInteger(step), (ev) => {
+        const log = new ProtoWriter();
+        log.int32(1, 1);
+        ev.message(7, log);
+      }),
+    );
   }
 
   /** Appends all buffered records to the event file. Cheap when nothing is buffered. */

@@ -28,7 +28,6 @@ import { formatDuration } from '../log/progress.js';
 import { checkMasksFinite, loadMaskNetwork } from '../export/exportMasker.js';
 import { UsageError } from '../util/usageError.js';
 
-
 export interface MaskOptions {
   /** A directory written by `casm export`. */
   model: string;
@@ -58,7 +57,6 @@ export interface MaskResult {
   skipped: string[];
   jsonl: string;
 }
-
 
 /** A float32 H x W array as NumPy .npy (format 1.0). */
 export function npyBytes(data: Float32Array, shape: number[]): Buffer {
@@ -115,7 +113,11 @@ function fileSource(inputs: string[], h: number, w: number, batchSize: number): 
     for (let start = 0; start < files.length; start += batchSize) {
       const ids = files.slice(start, start + batchSize).map((file, i) => ({ file, name: names[start + i]! }));
       const skipped: ImageBatch['skipped'] = [];
-      const decoded = await loadImages(ids.map((d) => d.file), [h, w, 3], (file, reason) => skipped.push({ file, reason, counted: false }));
+      const decoded = await loadImages(
+        ids.map((d) => d.file),
+        [h, w, 3],
+        (file, reason) => skipped.push({ file, reason, counted: false }),
+      );
       yield { ids, x: decoded?.x ?? null, indices: decoded?.indices ?? [], skipped };
     }
   }

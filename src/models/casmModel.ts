@@ -12,7 +12,11 @@ export class CasmModel {
   readonly masker: Masker;
 
   /** Weights initialised from `seed`, the classifier's first (a trainer's runs depend on this order). */
-  constructor(readonly arch: ResNetConfig, maskerConfig: MaskerConfig, seed: number) {
+  constructor(
+    readonly arch: ResNetConfig,
+    maskerConfig: MaskerConfig,
+    seed: number,
+  ) {
     this.classifier = buildResNet(arch, 'classifier', seed * 10_000);
     this.masker = new Masker(arch, maskerConfig, seed * 10_000 + 5_000);
   }

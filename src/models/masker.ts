@@ -103,7 +103,11 @@ export class Masker {
   /** null: the encoder is the classifier's own trunk (default). */
   readonly encoder: tf.LayersModel | null;
 
-  constructor(cls: ResNetConfig, readonly config: MaskerConfig, seed = 0) {
+  constructor(
+    cls: ResNetConfig,
+    readonly config: MaskerConfig,
+    seed = 0,
+  ) {
     this.decoder = buildDecoder(cls, config, 'decoder', seed);
     this.encoder = config.shareEncoder ? null : buildResNet(cls, 'masker_encoder', seed + 1000);
   }
@@ -123,9 +127,7 @@ export class Masker {
    * stop-gradient, when the encoder is shared); the non-shared masker encodes x itself.
    */
   apply(x: tf.Tensor4D, sharedFeatures: tf.Tensor[], training: boolean): tf.Tensor4D {
-    const features = this.encoder
-      ? (this.encoder.apply(x, { training }) as tf.Tensor[]).slice(0, 5)
-      : sharedFeatures.map((f) => stopGradient(f));
+    const features = this.encoder ? (this.encoder.apply(x, { training }) as tf.Tensor[]).slice(0, 5) : sharedFeatures.map((f) => stopGradient(f));
     return this.decoder.apply(features, { training }) as tf.Tensor4D;
   }
 }

@@ -303,7 +303,9 @@ export function loadTfjsWeights(model: tf.LayersModel, path: string): LoadReport
     !Array.isArray(manifest) ||
     !manifest.every(
       (g) =>
-        g && Array.isArray((g as ManifestGroup).paths) && Array.isArray((g as ManifestGroup).weights) &&
+        g &&
+        Array.isArray((g as ManifestGroup).paths) &&
+        Array.isArray((g as ManifestGroup).weights) &&
         (g as ManifestGroup).weights.every((e) => e && typeof e.name === 'string' && Array.isArray(e.shape) && typeof e.dtype === 'string'),
     )
   ) {

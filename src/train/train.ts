@@ -5,7 +5,15 @@
 import * as tf from '@tensorflow/tfjs';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { CheckpointError, loadCheckpoint, readCheckpointState, removeLeftovers, resolveCheckpoint, saveCheckpoint, type RunRecord } from '../checkpoints/checkpoint.js';
+import {
+  CheckpointError,
+  loadCheckpoint,
+  readCheckpointState,
+  removeLeftovers,
+  resolveCheckpoint,
+  saveCheckpoint,
+  type RunRecord,
+} from '../checkpoints/checkpoint.js';
 import { lockRun } from '../checkpoints/runLock.js';
 import { denormalize } from '../data/normalize.js';
 import { centreBox, localizationError, maskBox, type Box } from '../boxes.js';

@@ -31,7 +31,8 @@ export async function digitValShards(dir: string, o: { images?: number; tars?: n
     const key = `val_${String(i).padStart(3, '0')}`;
     const tar = entries[Math.floor((i * tars) / images)]!;
     tar.push(...webDatasetEntries(key, await digitJpeg(i, w, h), digitLabel(i)));
-    if (o.corruptAfter?.includes(i)) tar.push(...webDatasetEntries(`${key}_corrupt`, Buffer.from([0xff, 0xd8, 0xff, 0xe0, ...new Array<number>(300).fill(0)]), digitLabel(i)));
+    if (o.corruptAfter?.includes(i))
+      tar.push(...webDatasetEntries(`${key}_corrupt`, Buffer.from([0xff, 0xd8, 0xff, 0xe0, ...new Array<number>(300).fill(0)]), digitLabel(i)));
     if (i >= images - 2) continue; // no box file: counted, not scored
     const name = i === 9 ? synset((digitLabel(i) + 1) % 10) : synset(digitLabel(i)); // image 9: a box of another class
     writeFileSync(
