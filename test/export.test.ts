@@ -20,7 +20,7 @@ import { loadCluttered } from '../src/data/clutteredMnist.js';
 import { normalize } from '../src/data/normalize.js';
 import { maskBox } from '../src/boxes.js';
 import { buildMaskNetwork, ExportError, exportMasker, loadMaskNetwork, maxAbsDiff, specBytes, type MaskerMeta } from '../src/export/exportMasker.js';
-import { maskCommand } from '../src/mask/maskCommand.js';
+import { maskCommand, mergeMasks } from '../src/mask/maskCommand.js';
 import { webDatasetEntries, writeTar } from '../src/data/tar.js';
 import { PROJECT_VERSION } from '../src/version.js';
 import { useTestBackend } from './helpers/backend.js';
@@ -431,6 +431,64 @@ test("casm mask: masks equal the exported network's, PNG/NPY/JSON lines written,
     }),
     /none of the 1 image\(s\) could be decoded/,
   );
+});
+
+test("casm mask-merge: the jobs of a sharded casm mask give one masks.jsonl, the records one job writes in the data set's order; bad sets refused", async () => {
+  // Three shards of two digits each, one with a corrupt image; two jobs take shards {0, 2} and {1}.
+  const spec = join(root, 'merge-{0..2}.tar');
+  for (let t = 0; t < 3; t++) {
+    const entries = [0, 1].flatMap((k) => webDatasetEntries(`m/s${t}-${k}`, readFileSync(imageFiles[(2 * t + k) % imageFiles.length]!), k, 'png'));
+    if (t === 1) entries.splice(2, 0, ...webDatasetEntries('m/broken', Buffer.from('not an image'), 0, 'png'));
+    writeTar(join(root, `merge-${t}.tar`), entries);
+  }
+  const job = (i: number, n: number, out: string) =>
+    maskCommand({
+      model: exportDir,
+      inputs: [],
+      data: { spec, shardIndex: i, numShards: n, workers: 1 },
+      out,
+      png: false,
+      npy: false,
+      boxes: true,
+      batchSize: 2,
+      log: () => {},
+    });
+  const whole = join(root, 'merge-whole');
+  await job(0, 1, whole);
+  const dirs = [0, 1].map((i) => join(root, `merge-job${i}`));
+  for (const [i, dir] of dirs.entries()) await job(i, 2, dir);
+  const merged = join(root, 'merge-out');
+  assert.deepEqual(
+    mergeMasks([...dirs].reverse(), merged, () => {}),
+    { lines: 7 },
+  );
+  const lines = (dir: string) =>
+    readFileSync(join(dir, 'masks.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+  const got = lines(merged);
+  // The data set's order: shard, then byte offset (one job lists a skipped image where its decode worker met it).
+  const place = (r: Record<string, unknown>) => {
+    const [file, offset] = String(r['file']).split('@') as [string, string];
+    return Number(file.match(/merge-(\d)\.tar$/)![1]) * 1e9 + Number(offset);
+  };
+  const ordered = lines(whole).sort((a, b) => place(a) - place(b));
+  assert.equal(ordered.filter((r) => r['skipped']).length, 1, 'the corrupt image is listed');
+  assert.deepEqual(
+    got.map(({ dir: _, ...r }) => r),
+    ordered,
+    "the one job's records, in the data set's order",
+  );
+  assert.deepEqual(
+    got.map((r) => r['dir']),
+    [dirs[0], dirs[0], dirs[1], dirs[1], dirs[1], dirs[0], dirs[0]],
+    'each line names the job directory with its files',
+  );
+  assert.throws(() => mergeMasks([dirs[0]!], join(root, 'x'), () => {}), /job 1 of 2 missing/);
+  assert.throws(() => mergeMasks([dirs[0]!, dirs[0]!, dirs[1]!], join(root, 'x'), () => {}), /job 0 of 2 given twice/);
+  assert.throws(() => mergeMasks([dirs[0]!, whole], join(root, 'x'), () => {}), /not jobs of one run: .* in 2 jobs against .* in 1/);
+  assert.throws(() => mergeMasks([dirs[0]!, root], join(root, 'x'), () => {}), /no mask\.json: not a finished job/);
 });
 
 test('casm mask --data: shards through the decode workers give the same masks; a corrupt image is skipped with its offset', async () => {

@@ -5,7 +5,7 @@ import { Command, Option } from 'commander';
 import { availableParallelism } from 'node:os';
 import { resolveDataSpec } from '../data/spec.js';
 import { BACKEND_CHOICES, initEngine, type BackendChoice } from '../engine/engine.js';
-import { maskCommand } from '../mask/maskCommand.js';
+import { maskCommand, mergeMasks } from '../mask/maskCommand.js';
 import { UsageError } from '../util/usageError.js';
 import { int, requirePaths } from './options.js';
 
@@ -23,7 +23,7 @@ export interface MaskCliOptions {
   backend: BackendChoice;
 }
 
-/** `casm mask`. */
+/** `casm mask`, and `casm mask-merge` of its sharded jobs. */
 export function registerMask(program: Command, _argv: string[]): void {
   program
     .command('mask')
@@ -54,5 +54,14 @@ export function registerMask(program: Command, _argv: string[]): void {
       await initEngine(o.backend, log);
       const { data, shardIndex, numShards, workers, ...rest } = o;
       await maskCommand({ ...rest, inputs: images, ...(data !== undefined ? { data: { spec: data, shardIndex, numShards, workers } } : {}), log });
+    });
+  program
+    .command('mask-merge')
+    .description("one masks.jsonl of the jobs of 'casm mask --data --num-shards n' (their --out directories), in the data set's order")
+    .argument('<jobs...>', "the jobs' directories, each holding mask.json")
+    .requiredOption('--out <dir>', 'directory for the merged masks.jsonl')
+    .action((dirs: string[], o: { out: string }) => {
+      for (const dir of dirs) requirePaths({ '<jobs>': dir });
+      mergeMasks(dirs, o.out, (line) => console.log(line));
     });
 }

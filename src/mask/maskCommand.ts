@@ -15,8 +15,8 @@
  * Files that cannot be decoded are skipped, logged, listed at the end and in masks.jsonl.
  */
 import * as tf from '@tensorflow/tfjs';
-import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { denormalize } from '../data/normalize.js';
 import { maskBox, type Box } from '../boxes.js';
 import { colorize, imagesToRgb, overlay, png } from '../explain/display.js';
@@ -27,6 +27,7 @@ import type { ProblemKind } from '../data/samples.js';
 import { formatDuration } from '../log/progress.js';
 import { checkMasksFinite, loadMaskNetwork } from '../export/exportMasker.js';
 import { UsageError } from '../util/usageError.js';
+import { writeFileAtomic } from '../util/atomicWrite.js';
 
 export interface MaskOptions {
   /** A directory written by `casm export`. */
@@ -102,6 +103,8 @@ const SAMPLE_PROBLEMS = new Set<ProblemKind>(['decode-error', 'bad-label']);
 interface ImageSource {
   describe: string;
   total: number;
+  /** Shards: this job's shard files with their place in the whole list (for `casm mask merge`). */
+  shards?: { file: string; index: number }[];
   batches: AsyncGenerator<ImageBatch>;
   close(): Promise<void>;
 }
@@ -154,6 +157,7 @@ async function shardSource(data: NonNullable<MaskOptions['data']>, size: number,
   }
   return {
     describe: `${data.spec} (${ds.layout}, ${ds.shards.length} of ${ds.totalShards} shards, ${data.workers} decode workers)`,
+    shards: ds.shards.map((s) => ({ file: s.file, index: s.index })),
     total: counts.reduce((a, c) => a + c.count, 0),
     batches: batches(),
     close: () => loader.close(),
@@ -239,10 +243,91 @@ export async function maskCommand(o: MaskOptions): Promise<MaskResult> {
     }
     if (result.records.length === 0) throw new Error(`none of the ${done} image(s) could be decoded`);
     if (result.skipped.length) o.log(`skipped ${result.skipped.length} image(s) that could not be decoded:\n${result.skipped.map((f) => `  ${f}`).join('\n')}`);
+    if (o.data) {
+      // Last, so that its presence means the job finished: what `casm mask merge` checks the jobs by.
+      const job: MaskJob = {
+        format: MASK_JOB_FORMAT,
+        model: { dir: resolve(o.model), files: meta.files ?? {} },
+        spec: o.data.spec,
+        shard: { index: o.data.shardIndex, count: o.data.numShards },
+        shards: source.shards ?? [],
+        masks: result.records.length,
+        skipped: result.skipped.length,
+      };
+      writeFileAtomic(join(o.out, MASK_JOB_FILE), JSON.stringify(job, null, 2) + '\n');
+    }
     o.log(`mask: ${result.records.length} mask(s) -> ${o.out} (masks.jsonl${o.png ? ', PNGs' : ''}${o.npy ? ', .npy' : ''})`);
     return result;
   } finally {
     await source?.close();
     model.dispose();
   }
+}
+
+const MASK_JOB_FILE = 'mask.json';
+const MASK_JOB_FORMAT = 'casm-ts-mask-job-1';
+
+/** What a `casm mask --data` job ran: the merge's check that jobs are the shards of one run. */
+interface MaskJob {
+  format: string;
+  model: { dir: string; files: Record<string, string> };
+  spec: string;
+  shard: { index: number; count: number };
+  shards: { file: string; index: number }[];
+  masks: number;
+  skipped: number;
+}
+
+/**
+ * `casm mask merge`: one masks.jsonl for the jobs of one `casm mask --data --num-shards n` (their
+ * --out directories), in the data set's order (shard, then byte offset); each line gains `dir`,
+ * the job directory that holds its PNG and .npy files. Refuses jobs of another model, data spec or
+ * job count, a job given twice or missing, and an unfinished job, naming the directories.
+ */
+export function mergeMasks(dirs: string[], out: string, log: (line: string) => void): { lines: number } {
+  const jobs = dirs.map((dir) => {
+    const path = join(dir, MASK_JOB_FILE);
+    if (!existsSync(path)) throw new UsageError(`${dir}: no ${MASK_JOB_FILE}: not a finished job of 'casm mask --data'`);
+    const job = JSON.parse(readFileSync(path, 'utf8')) as MaskJob;
+    if (job.format !== MASK_JOB_FORMAT) throw new UsageError(`${path}: not a mask job of this version (format ${job.format})`);
+    return { dir, job };
+  });
+  const [first] = jobs as [(typeof jobs)[number]];
+  const seen = new Map<number, string>();
+  for (const { dir, job } of jobs) {
+    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+    if (!same(job.model.files, first.job.model.files))
+      throw new UsageError(`${first.dir} and ${dir} are not jobs of one run: their models differ (${first.job.model.dir}, ${job.model.dir})`);
+    if (job.spec !== first.job.spec || job.shard.count !== first.job.shard.count) {
+      throw new UsageError(
+        `${first.dir} and ${dir} are not jobs of one run: ${first.job.spec} in ${first.job.shard.count} jobs against ${job.spec} in ${job.shard.count}`,
+      );
+    }
+    const other = seen.get(job.shard.index);
+    if (other !== undefined) throw new UsageError(`job ${job.shard.index} of ${job.shard.count} given twice: ${other} and ${dir}`);
+    seen.set(job.shard.index, dir);
+  }
+  const missing = Array.from({ length: first.job.shard.count }, (_, i) => i).filter((i) => !seen.has(i));
+  if (missing.length > 0)
+    throw new UsageError(`job${missing.length > 1 ? 's' : ''} ${missing.join(', ')} of ${first.job.shard.count} missing (given: ${dirs.join(', ')})`);
+  const records = jobs.flatMap(({ dir, job }) => {
+    const place = new Map(job.shards.map((s) => [s.file, s.index]));
+    return readFileSync(join(dir, 'masks.jsonl'), 'utf8')
+      .split('\n')
+      .filter((l) => l.length > 0)
+      .map((line) => {
+        const record = JSON.parse(line) as { file: string };
+        const at = record.file.lastIndexOf('@');
+        const shard = place.get(record.file.slice(0, at));
+        if (shard === undefined) throw new UsageError(`${join(dir, 'masks.jsonl')}: ${record.file} is in none of the job's shards`);
+        return { key: [shard, Number(record.file.slice(at + 1))] as const, line: JSON.stringify({ ...record, dir: resolve(dir) }) };
+      });
+  });
+  records.sort((a, b) => a.key[0] - b.key[0] || a.key[1] - b.key[1]);
+  mkdirSync(out, { recursive: true });
+  writeFileAtomic(join(out, 'masks.jsonl'), records.map((r) => r.line).join('\n') + '\n');
+  const masks = jobs.reduce((n, j) => n + j.job.masks, 0);
+  const skipped = jobs.reduce((n, j) => n + j.job.skipped, 0);
+  log(`mask merge: ${jobs.length} jobs, ${masks} masks and ${skipped} skipped -> ${join(out, 'masks.jsonl')}`);
+  return { lines: records.length };
 }
