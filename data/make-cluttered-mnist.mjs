@@ -8,7 +8,7 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { scriptArgs } from './scriptArgs.mjs';
+import { intOption, scriptArgs } from './scriptArgs.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const values = scriptArgs(import.meta.url, {
@@ -30,11 +30,7 @@ if (!existsSync(lib)) {
 }
 const { loadCluttered, clutteredCachePath, defaultCacheDir } = await import(lib);
 
-const num = (k) => {
-  const v = Number(values[k]);
-  if (!Number.isInteger(v)) throw new Error(`--${k} must be an integer, got '${values[k]}'`);
-  return v;
-};
+const num = (k) => intOption(import.meta.url, values, k);
 const opts = {
   split: values.split,
   count: num('count'),

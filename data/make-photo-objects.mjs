@@ -11,7 +11,7 @@
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { scriptArgs } from './scriptArgs.mjs';
+import { intOption, scriptArgs } from './scriptArgs.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const values = scriptArgs(import.meta.url, {
@@ -34,14 +34,7 @@ if (!existsSync(lib)) {
 }
 const { makePhotoObjects, previewPhotoObjects } = await import(lib);
 
-const int = (k) => {
-  const v = Number(values[k]);
-  if (!Number.isInteger(v) || v < 0) {
-    console.error(`make-photo-objects: --${k} must be an integer >= 0, got '${values[k]}'`);
-    process.exit(2);
-  }
-  return v;
-};
+const int = (k) => intOption(import.meta.url, values, k);
 const area = values.area.split('-').map(Number);
 if (area.length !== 2 || !area.every((a) => a > 0 && a <= 1)) {
   console.error(`make-photo-objects: --area must be min-max in (0, 1], got '${values.area}'`);

@@ -1,5 +1,6 @@
 // Argument parsing for the data scripts: node's parseArgs plus --help, which prints the script's
-// header comment (the usage lives there once), and a clear exit 2 on an unknown option.
+// header comment (the usage lives there once), and a clear exit 2 on an unknown option or a value
+// that is not a whole number where one is needed.
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,4 +28,14 @@ export function scriptArgs(scriptUrl, options) {
     process.exit(0);
   }
   return values;
+}
+
+/** values[key] as an integer >= min; otherwise the script says so and exits 2. */
+export function intOption(scriptUrl, values, key, min = 0) {
+  const v = Number(values[key]);
+  if (!Number.isInteger(v) || v < min) {
+    console.error(`${basename(fileURLToPath(scriptUrl), '.mjs')}: --${key} must be an integer >= ${min}, got '${values[key]}'`);
+    process.exit(2);
+  }
+  return v;
 }

@@ -312,7 +312,7 @@ test('batchIndices: seeded shuffle, full coverage, drop-last', () => {
   );
 });
 
-test('data scripts: --help prints every option of the script; an unknown option exits 2 naming it', () => {
+test('data scripts: --help prints every option of the script; an unknown option or a count that is no whole number exits 2 naming it', () => {
   const options: Record<string, string[]> = {
     'make-cluttered-mnist.mjs': ['--split', '--count', '--fragments', '--cache-dir', '--preview'],
     'make-photo-objects.mjs': ['--out', '--sources', '--train-per-class', '--area', '--seed', '--val-on-train-backgrounds'],
@@ -325,5 +325,9 @@ test('data scripts: --help prints every option of the script; an unknown option 
     const bad = spawnSync(process.execPath, [path, '--no-such-option'], { encoding: 'utf8' });
     assert.equal(bad.status, 2, `${script} --no-such-option exited ${bad.status}`);
     assert.match(bad.stderr, /no-such-option/);
+    const flag = script === 'make-cluttered-mnist.mjs' ? '--count' : '--train-per-class';
+    const fraction = spawnSync(process.execPath, [path, flag, '1.5'], { encoding: 'utf8' });
+    assert.equal(fraction.status, 2, `${script} ${flag} 1.5 exited ${fraction.status}: ${fraction.stderr}`);
+    assert.match(fraction.stderr, new RegExp(`^${script.replace('.mjs', '')}: ${flag} must be an integer >= 0, got '1.5'\\n$`));
   }
 });
