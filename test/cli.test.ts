@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { repoRoot } from './helpers/python.js';
+import { TINY_TRAIN_FLAGS } from './helpers/tinyFlags.js';
 
 const cli = join(repoRoot, 'dist', 'src', 'cli.js');
 const tmp = mkdtempSync(join(tmpdir(), 'casm-cli-'));
@@ -56,26 +57,7 @@ test('casm train --help lists every option with its default', () => {
 
 test('--training-path picks the training path, says so and records it in config.json; CASM_FUSED=0 makes composed the default', () => {
   const out = join(tmp, 'composed');
-  const tiny = [
-    '--depths',
-    '1,1,1,1',
-    '--width',
-    '4',
-    '--decoder-width',
-    '8',
-    '--batch-size',
-    '8',
-    '--train-count',
-    '64',
-    '--val-count',
-    '8',
-    '--warmup-steps',
-    '1',
-    '--max-steps',
-    '2',
-    '--backend',
-    'tensorflow',
-  ];
+  const tiny = [...TINY_TRAIN_FLAGS, '--val-count', '8', '--backend', 'tensorflow'];
   const r = casm('train', ...tiny, '--training-path', 'composed', '--out', out);
   assert.equal(r.code, 0, r.err);
   assert.match(r.out + r.err, /engine: backend=tensorflow .*; training: tfjs composed ops\n/);

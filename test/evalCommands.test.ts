@@ -24,6 +24,7 @@ import { useTestBackend } from './helpers/backend.js';
 import { inProcessCli } from './helpers/cli.js';
 import { trainTinyRun } from './helpers/tinyRun.js';
 import { digitValShards } from './helpers/valShards.js';
+import { TINY_TRAIN_FLAGS } from './helpers/tinyFlags.js';
 
 const backend = await useTestBackend();
 const casm = inProcessCli(backend);
@@ -149,24 +150,7 @@ test('eval localization on shards: missing box files counted, a box of another c
   const d = await digitValShards(join(root, 'shards'));
   writeTar(join(root, 'shards', 'empty-0.tar'), webDatasetEntries('broken', Buffer.from([0xff, 0xd8, 0xff, 0xdb, 1, 2, 3]), 1));
   const out = join(root, 'loc-shards');
-  const r = await casm(
-    'eval',
-    'localization',
-    '--checkpoint',
-    runDir,
-    '--data',
-    d.spec,
-    '--synsets',
-    d.synsets,
-    '--boxes',
-    d.boxes,
-    '--methods',
-    'casm,full',
-    '--workers',
-    '1',
-    '--out',
-    out,
-  );
+  const r = await casm('eval', 'localization', '--checkpoint', runDir, ...d.args, '--methods', 'casm,full', '--workers', '1', '--out', out);
   assert.equal(r.code, 0, r.err);
   const report = readJson<LocalizationReport>(join(out, 'report.json'));
   assert.deepEqual(report.images, { read: 12, scored: 9, withoutBoxes: 3 });
@@ -251,32 +235,7 @@ test('unseen-class splits: disjoint sets of 5/5/10/30/30/20% and the trainings o
 
 test('experiment unseen on digits 0-4: seen vs unseen LE, and a rerun resumes without retraining', async () => {
   const out = join(root, 'unseen');
-  const args = [
-    'experiment',
-    'unseen',
-    '--seen',
-    '0-4',
-    '--out',
-    out,
-    '--depths',
-    '1,1,1,1',
-    '--width',
-    '4',
-    '--decoder-width',
-    '8',
-    '--batch-size',
-    '8',
-    '--train-count',
-    '64',
-    '--warmup-steps',
-    '2',
-    '--max-steps',
-    '3',
-    '--eval-limit',
-    '24',
-    '--log-every',
-    '100',
-  ];
+  const args = ['experiment', 'unseen', '--seen', '0-4', '--out', out, ...TINY_TRAIN_FLAGS, '--eval-limit', '24'];
   const r = await casm(...args);
   assert.equal(r.code, 0, r.err);
   const state = readJson<{ trainings: { name: string; classes: number[]; trained: boolean; result: Record<string, number | null> }[] }>(

@@ -79,24 +79,7 @@ test('eval merge of 1, 2, 3 shards of the held-out digits = one process: every f
 
 test('eval merge on JPEG shards with corrupt records: problems counted once, the same report for 1, 2, 3 shards', async () => {
   const d = await digitValShards(join(root, 'val'), { images: 20, tars: 2, corruptAfter: [3, 14] });
-  const args = [
-    '--checkpoint',
-    runDir,
-    '--data',
-    d.spec,
-    '--synsets',
-    d.synsets,
-    '--boxes',
-    d.boxes,
-    '--methods',
-    'casm,vanilla,full',
-    '--batch-size',
-    '4',
-    '--workers',
-    '2',
-    '--examples',
-    '3',
-  ];
+  const args = ['--checkpoint', runDir, ...d.args, '--methods', 'casm,vanilla,full', '--batch-size', '4', '--workers', '2', '--examples', '3'];
   const whole = await assertMergeExact<LocalizationReport>('localization', 'jpeg', args, [1, 2, 3]);
   assert.deepEqual(whole.images, { read: 20, scored: 17, withoutBoxes: 3 });
   assert.equal(whole.problems.byKind['decode-error'], 2, JSON.stringify(whole.problems));

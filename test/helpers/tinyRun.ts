@@ -4,6 +4,7 @@
  */
 import { defaultTrainConfig } from '../../src/casm/config.js';
 import { runTraining } from '../../src/train/train.js';
+import { TINY_TRAIN_FLAGS } from './tinyFlags.js';
 
 export interface TinyRun {
   /** Canvas and input size (64: the digits are 20-40 px). */
@@ -44,23 +45,8 @@ export const tinySweep = (out: string, ...more: string[]) => [
   'entropy',
   '--out',
   out,
-  '--depths',
-  '1,1,1,1',
-  '--width',
-  '4',
-  '--decoder-width',
-  '8',
-  '--batch-size',
-  '8',
-  '--train-count',
-  '64',
-  '--warmup-steps',
-  '2',
-  '--max-steps',
-  '3',
+  ...TINY_TRAIN_FLAGS,
   '--eval-limit',
   '16',
-  '--log-every',
-  '100',
   ...more,
 ];

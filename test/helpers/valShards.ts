@@ -13,6 +13,8 @@ export interface ValShards {
   spec: string;
   synsets: string;
   boxes: string;
+  /** The evaluation flags that read them: --data, --synsets, --boxes. */
+  args: string[];
 }
 
 /**
@@ -42,5 +44,7 @@ export async function digitValShards(dir: string, o: { images?: number; tars?: n
     );
   }
   entries.forEach((e, t) => writeTar(join(dir, `val-${t}.tar`), e));
-  return { spec: join(dir, tars === 1 ? 'val-0.tar' : `val-{0..${tars - 1}}.tar`), synsets: join(dir, 'synsets.txt'), boxes: join(dir, 'boxes') };
+  const spec = join(dir, tars === 1 ? 'val-0.tar' : `val-{0..${tars - 1}}.tar`);
+  const [synsets, boxes] = [join(dir, 'synsets.txt'), join(dir, 'boxes')];
+  return { spec, synsets, boxes, args: ['--data', spec, '--synsets', synsets, '--boxes', boxes] };
 }
