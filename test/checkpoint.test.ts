@@ -127,6 +127,14 @@ test('loadCasmModel: the weights the checkpoint files hold, nothing of training 
   model.dispose();
   assert.equal(tf.memory().numTensors, before);
   assert.throws(() => loadCasmModel(join(root, 'no-such-run')), /no-such-run/);
+  // It checks the hashes of the files it reads, and only those: a corrupt pool does not stop inference, a corrupt masker does.
+  const copy = join(root, 'inference-copy');
+  cpSync(ckpt, copy, { recursive: true });
+  writeFileSync(join(copy, 'pool.safetensors'), 'not the pool');
+  loadCasmModel(copy).model.dispose();
+  assert.throws(() => readCheckpointState(copy), /pool\.safetensors: corrupt/);
+  writeFileSync(join(copy, 'masker.safetensors'), 'not the masker');
+  assert.throws(() => loadCasmModel(copy), /masker\.safetensors: corrupt \(sha256 differs from state\.json\)/);
 });
 
 test('a corrupt checkpoint is refused, naming the file', () => {

@@ -170,8 +170,8 @@ export function resolveCheckpoint(path: string): string {
   return dir;
 }
 
-/** Reads and checks state.json; with verifyFiles (the default) also the sha256 of every file it lists. */
-export function readCheckpointState(dir: string, { verifyFiles = true } = {}): CheckpointState {
+/** Reads and checks state.json; with verifyFiles also the sha256 of every file it lists (true, the default) or of those named. */
+export function readCheckpointState(dir: string, { verifyFiles = true as boolean | string[] } = {}): CheckpointState {
   const path = join(dir, 'state.json');
   let state: CheckpointState;
   try {
@@ -196,7 +196,10 @@ export function readCheckpointState(dir: string, { verifyFiles = true } = {}): C
   state.config.bnStatistics ??= 'all';
   state.config.maskerImages ??= 'correct';
   state.config.masker.stride ??= DEFAULT_MASKER.stride;
-  for (const [file, hash] of verifyFiles ? Object.entries(state.files) : []) {
+  const checked = verifyFiles === true ? Object.keys(state.files) : verifyFiles === false ? [] : verifyFiles;
+  for (const file of checked) {
+    const hash = state.files[file];
+    if (hash === undefined) throw new CheckpointError(`${path}: lists no ${file}`);
     const p = join(dir, file);
     if (!existsSync(p)) throw new CheckpointError(`${p}: missing from the checkpoint`);
     if (sha256File(p) !== hash) throw new CheckpointError(`${p}: corrupt (sha256 differs from state.json)`);
@@ -249,7 +252,8 @@ async function loadOptimizer(dir: string, file: string, opt: tf.Optimizer): Prom
  */
 export function loadCasmModel(path: string): { model: CasmModel; dir: string; state: CheckpointState } {
   const dir = resolveCheckpoint(path);
-  const state = readCheckpointState(dir);
+  // Only the files it reads: a pool of classifier snapshots can be many times the model's size.
+  const state = readCheckpointState(dir, { verifyFiles: ['classifier.safetensors', 'masker.safetensors'] });
   const model = new CasmModel(state.config.arch, state.config.masker, state.config.seed);
   try {
     loadModels(dir, 'classifier.safetensors', [model.classifier]);
