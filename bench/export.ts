@@ -9,7 +9,7 @@ import * as tf from '@tensorflow/tfjs';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { normalize } from '../src/data/normalize.js';
+import { normalizeBytes } from '../src/data/preprocess.js';
 import { Classifier } from '../src/explain/classifier.js';
 import { GradCam } from '../src/explain/gradCam.js';
 import { SmoothGrad } from '../src/explain/smoothGrad.js';
@@ -29,7 +29,7 @@ try {
 
   // The exported network takes pixel values 0..255; the explainers the same images normalised.
   const pixels = tf.tidy(() => tf.floor(tf.randomUniform([batch, size, size, 3], 0, 256, 'float32', 1))) as tf.Tensor4D;
-  const x = tf.tidy(() => normalize(tf.div(pixels, 255) as tf.Tensor4D));
+  const x = tf.tensor4d(normalizeBytes(Uint8Array.from(pixels.dataSync()), 3), pixels.shape);
   const classifier = new Classifier(trainer.classifier);
   const targets = Array.from({ length: batch }, (_, i) => (i * 397) % arch.classes);
   const measure = (fn: () => void, warm = warmup, calls = steps) => measureCalls(fn, warm, calls);

@@ -11,8 +11,10 @@ import { after, before, test } from 'node:test';
 import { defaultTrainConfig, type TrainConfig } from '../src/casm/config.js';
 import { runTraining, type RunOptions } from '../src/train/train.js';
 import * as tf from '@tensorflow/tfjs';
-import { CheckpointError, loadCasmModel, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
-import { readSafetensors } from '../src/io/safetensors.js';
+import { CasmTrainer } from '../src/casm/trainer.js';
+import { CheckpointError, loadCasmModel, readCheckpoint, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
+import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
+import { sha256File } from '../src/util/sha256.js';
 import { useTestBackend } from './helpers/backend.js';
 import { runPython } from './helpers/python.js';
 
@@ -135,6 +137,43 @@ test('loadCasmModel: the weights the checkpoint files hold, nothing of training 
   assert.throws(() => readCheckpointState(copy), /pool\.safetensors: corrupt/);
   writeFileSync(join(copy, 'masker.safetensors'), 'not the masker');
   assert.throws(() => loadCasmModel(copy), /masker\.safetensors: corrupt \(sha256 differs from state\.json\)/);
+});
+
+test('a checkpoint holds the trainer state as plain values: read back it equals state(); restore refuses what does not fit', async () => {
+  const dir = join(root, 'plain');
+  const res = await runTraining(options(dir, { maxSteps: 8, config: config({ thinning: 'FL', warmupSteps: 2 }) }));
+  const live = await res.trainer.state();
+  const read = readCheckpoint(res.checkpoint);
+  assert.equal(read.step, 8);
+  assert.ok(read.pool.length > 0, 'thinning FL keeps a snapshot');
+  assert.deepEqual(read, live);
+  // A fresh trainer restored from it is the same trainer.
+  const fresh = new CasmTrainer(read.config);
+  await fresh.restore(read);
+  assert.deepEqual(await fresh.state(), live);
+  // A snapshot of another classifier, a missing masker weight, another architecture: refused, naming the part.
+  const short = { ...read, pool: [{ step: 3, weights: read.pool[0]!.weights.slice(1) }] };
+  await assert.rejects(fresh.restore(short), /pool snapshot 0: \d+ weights that do not fit the classifier/);
+  await assert.rejects(fresh.restore({ ...read, masker: read.masker.slice(1) }), /masker weights: \d+ tensors, the model has \d+ weights/);
+  const wide = config({ arch: { ...read.config.arch, width: 8 } });
+  await assert.rejects(fresh.restore({ ...read, config: wide }), /architecture differs/);
+  fresh.dispose();
+  res.trainer.dispose();
+  // pool.safetensors with a tensor state.json's snapshots do not name is refused (hash updated, so only the count can tell).
+  const copy = join(root, 'plain-copy');
+  cpSync(res.checkpoint, copy, { recursive: true });
+  const pool = readSafetensors(join(copy, 'pool.safetensors')).tensors;
+  writeSafetensors(join(copy, 'pool.safetensors'), [
+    ...[...pool].map(([name, t]) => ({ name, shape: t.shape, data: t.data })),
+    { name: '9/0', shape: [1], data: new Float32Array(1) },
+  ]);
+  const state = JSON.parse(readFileSync(join(copy, 'state.json'), 'utf8'));
+  state.files['pool.safetensors'] = sha256File(join(copy, 'pool.safetensors'));
+  writeFileSync(join(copy, 'state.json'), JSON.stringify(state));
+  assert.throws(
+    () => readCheckpoint(copy),
+    (e: Error) => e instanceof CheckpointError && /pool\.safetensors: \d+ tensors, of which state\.json's 1 snapshots name \d+/.test(e.message),
+  );
 });
 
 test('a corrupt checkpoint is refused, naming the file', () => {

@@ -158,7 +158,7 @@ test('boxes: mapped boxes land on the pixels (a digit drawn at a known box, deco
     .png()
     .toBuffer();
   for (const spec of [{ kind: 'eval' as const }, { kind: 'eval' as const, mode: 'stretch' as const }, { kind: 'val' as const }]) {
-    const out = await decodeTransform(png, spec, { output: 'uint8', boxes: [box, [0, 0, 20, 20]] });
+    const out = await decodeTransform(png, spec, { boxes: [box, [0, 0, 20, 20]] });
     // the second box is left of the crop for short-side / val (crop left 56 / 80), inside for stretch
     const mapped = out.boxes![0]!;
     // tight box of the bright pixels (> 127) of the output

@@ -7,18 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { loadMnist } from '../src/data/mnist.js';
-import {
-  colorJitterInPlace,
-  DecodeError,
-  decodeRgb,
-  decodeTransform,
-  normalizeRgb,
-  probeImage,
-  randomResizedCropParams,
-  transformSample,
-} from '../src/data/decode.js';
+import { colorJitterInPlace, DecodeError, decodeRgb, decodeTransform, probeImage, randomResizedCropParams, transformSample } from '../src/data/decode.js';
 import { Problems } from '../src/data/samples.js';
-import { IMAGENET_MEAN, IMAGENET_STD } from '../src/data/imagenetStats.js';
+import { IMAGENET_MEAN, IMAGENET_STD, normalizationTable, normalizeBytes } from '../src/data/preprocess.js';
 import { Rng } from '../src/util/rng.js';
 import { findTorchPython, repoRoot } from './helpers/python.js';
 
@@ -161,8 +152,8 @@ test('decode: EXIF orientation 6 comes out upright, in decodeRgb and through cro
     { kind: 'val' as const, resize: 32, crop: 24 },
     { kind: 'train' as const, rng: new Rng(5), size: 24 },
   ]) {
-    const a = await decodeTransform(tagged, spec.kind === 'train' ? { ...spec, rng: new Rng(5) } : spec, { output: 'uint8' });
-    const b = await decodeTransform(uprightPng, spec.kind === 'train' ? { ...spec, rng: new Rng(5) } : spec, { output: 'uint8' });
+    const a = await decodeTransform(tagged, spec.kind === 'train' ? { ...spec, rng: new Rng(5) } : spec);
+    const b = await decodeTransform(uprightPng, spec.kind === 'train' ? { ...spec, rng: new Rng(5) } : spec);
     assert.deepEqual(a.geometry, b.geometry);
     const md = maxAbsDiff(a.data as Uint8Array, b.data as Uint8Array);
     assert.ok(md <= 3, `${spec.kind}: EXIF path vs upright PNG max diff ${md}`);
@@ -251,14 +242,14 @@ test('decode: RandomResizedCrop is deterministic per seed and stays within scale
 
 test('decode: train transform is seeded, flips mirror exactly; float output is the ImageNet normalisation', async () => {
   const png = await raw(canvas(120, 90), 120, 90).png().toBuffer();
-  const a = await decodeTransform(png, { kind: 'train', rng: new Rng(11), size: 64 }, { output: 'uint8' });
-  const b = await decodeTransform(png, { kind: 'train', rng: new Rng(11), size: 64 }, { output: 'uint8' });
+  const a = await decodeTransform(png, { kind: 'train', rng: new Rng(11), size: 64 });
+  const b = await decodeTransform(png, { kind: 'train', rng: new Rng(11), size: 64 });
   assert.deepEqual(a.geometry, b.geometry);
   assert.ok(Buffer.from(a.data).equals(Buffer.from(b.data)));
   assert.deepEqual([a.width, a.height, a.data.length], [64, 64, 64 * 64 * 3]);
 
-  const noFlip = await decodeTransform(png, { kind: 'train', rng: new Rng(3), size: 64, flipProb: 0 }, { output: 'uint8' });
-  const flip = await decodeTransform(png, { kind: 'train', rng: new Rng(3), size: 64, flipProb: 1 }, { output: 'uint8' });
+  const noFlip = await decodeTransform(png, { kind: 'train', rng: new Rng(3), size: 64, flipProb: 0 });
+  const flip = await decodeTransform(png, { kind: 'train', rng: new Rng(3), size: 64, flipProb: 1 });
   assert.equal(noFlip.geometry.flip, false);
   assert.equal(flip.geometry.flip, true);
   const { flip: _f, ...gA } = noFlip.geometry;
@@ -272,17 +263,17 @@ test('decode: train transform is seeded, flips mirror exactly; float output is t
   // about half of the draws flip
   const rng = new Rng(9);
   let flips = 0;
-  for (let i = 0; i < 200; i++) if ((await decodeTransform(png, { kind: 'train', rng, size: 8 }, { output: 'uint8' })).geometry.flip) flips++;
+  for (let i = 0; i < 200; i++) if ((await decodeTransform(png, { kind: 'train', rng, size: 8 })).geometry.flip) flips++;
   assert.ok(flips > 70 && flips < 130, `flips ${flips}/200`);
 
-  // float output = (v / 255 - mean) / std of the uint8 output
-  const u = await decodeTransform(png, { kind: 'val', resize: 80, crop: 64 }, { output: 'uint8' });
-  const f = await decodeTransform(png, { kind: 'val', resize: 80, crop: 64 });
-  assert.ok(f.data instanceof Float32Array);
-  assert.deepEqual(Array.from(f.data), Array.from(normalizeRgb(u.data as Uint8Array)));
-  const byHand = Array.from(u.data as Uint8Array, (v, i) => Math.fround((v / 255 - IMAGENET_MEAN[i % 3]) / IMAGENET_STD[i % 3]));
-  f.data.forEach((v, i) => assert.ok(Math.abs(v - byHand[i]) < 1e-6, `pixel value ${i}: ${v} vs ${byHand[i]}`));
-  assert.ok(Math.abs(f.data[0]! - (u.data[0]! / 255 - 0.485) / 0.229) < 1e-6);
+  // Model input: (v / 255 - mean) / std per channel, in double precision rounded once, by hand.
+  const u = await decodeTransform(png, { kind: 'val', resize: 80, crop: 64 });
+  assert.ok(u.data instanceof Uint8Array);
+  const byHand = Array.from(u.data, (v, i) => Math.fround((v / 255 - IMAGENET_MEAN[i % 3]!) / IMAGENET_STD[i % 3]!));
+  assert.deepEqual(Array.from(normalizeBytes(u.data, 3)), byHand);
+  assert.ok(Math.abs(normalizeBytes(u.data, 3)[0]! - (u.data[0]! / 255 - 0.485) / 0.229) < 1e-6);
+  assert.equal(normalizationTable(1)[255], Math.fround((1 - (0.485 + 0.456 + 0.406) / 3) / ((0.229 + 0.224 + 0.225) / 3)));
+  assert.throws(() => normalizationTable(2), /expected 1 or 3 channels, got 2/);
   // val geometry of 120 x 90: short side 80 -> 106 x 80 (int(80 * 120 / 90) = 106), crop at (21, 8)
   assert.deepEqual(
     [u.geometry.kind, (u.geometry as { resizeW: number }).resizeW, (u.geometry as { resizeH: number }).resizeH, u.geometry.left, u.geometry.top],
@@ -351,9 +342,9 @@ test('decode: ColorJitter by hand on two pixels, and against torchvision on a ph
 
   // In the train transform: seeded, and the crop is drawn before the jitter (same geometry as without).
   const png = await raw(canvas(120, 90), 120, 90).png().toBuffer();
-  const plain = await decodeTransform(png, { kind: 'train', rng: new Rng(5), size: 64 }, { output: 'uint8' });
-  const j1 = await decodeTransform(png, { kind: 'train', rng: new Rng(5), size: 64, colorJitter: 0.4 }, { output: 'uint8' });
-  const j2 = await decodeTransform(png, { kind: 'train', rng: new Rng(5), size: 64, colorJitter: 0.4 }, { output: 'uint8' });
+  const plain = await decodeTransform(png, { kind: 'train', rng: new Rng(5), size: 64 });
+  const j1 = await decodeTransform(png, { kind: 'train', rng: new Rng(5), size: 64, colorJitter: 0.4 });
+  const j2 = await decodeTransform(png, { kind: 'train', rng: new Rng(5), size: 64, colorJitter: 0.4 });
   assert.deepEqual(j1.geometry, plain.geometry);
   assert.ok(Buffer.from(j1.data).equals(Buffer.from(j2.data)));
   assert.ok(!Buffer.from(j1.data).equals(Buffer.from(plain.data)), 'jitter changed nothing');
@@ -366,7 +357,6 @@ test('decode: transformSample skips a corrupt sample into Problems (file, offset
     { key: 'good', image: good, label: 1, boxes: [[60, 0, 120, 90]], source: { file: 's.tar', offset: 0 } },
     { kind: 'eval', size: 64 },
     problems,
-    { output: 'uint8' },
   );
   // 120 x 90 -> 85 x 64 (int(64 * 120 / 90) = 85), crop left round(10.5) = 10: x0 = 60 * 85 / 120 - 10 = 32.5
   assert.deepEqual(ok!.boxes, [[32.5, 0, 64, 64]]);

@@ -14,7 +14,7 @@ import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
 import { CasmTrainer } from '../src/casm/trainer.js';
 import { loadDigits } from '../src/data/trainData.js';
-import { loadCheckpoint, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
+import { readCheckpoint, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
 import { toBatch } from '../src/data/batches.js';
 import { webDatasetEntries, writeTar } from '../src/data/tar.js';
 import type { ClassifiersReport } from '../src/eval/classifiersCommand.js';
@@ -194,7 +194,7 @@ test('eval classifiers: own classifier = the same checkpoint given as another; c
   // Clean top-1, computed here with the checkpoint's classifier on the same 16 held-out digits.
   const dir = resolveCheckpoint(runDir);
   const trainer = new CasmTrainer(readCheckpointState(dir).config);
-  await loadCheckpoint(dir, trainer);
+  await trainer.restore(readCheckpoint(dir));
   const digits = await loadDigits('test', 16, 64, 0);
   const b = toBatch(
     digits,

@@ -6,8 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
-import { IMAGENET_MEAN, IMAGENET_STD } from '../src/data/normalize.js';
-import { colorize, gradientMap, overlay, percentile, SEPARATOR, tile, unitScale } from '../src/explain/display.js';
+import { colorize, gradientMap, overlay, percentile, pixelsToRgb, SEPARATOR, tile, unitScale } from '../src/explain/display.js';
 import { loadImages, uniqueStems } from '../src/explain/images.js';
 import { useTestBackend } from './helpers/backend.js';
 
@@ -61,7 +60,7 @@ test('tile: cells framed by separators, at the documented size', () => {
   assert.deepEqual(px(SEPARATOR + 3 + SEPARATOR, 2 * SEPARATOR + 2), [128, 128, 128], 'the missing cell stays gray');
 });
 
-test('loadImages: cover-resize + centre crop, normalised; undecodable files reported and skipped', async () => {
+test('loadImages: cover-resize + centre crop to pixels; undecodable files reported and skipped', async () => {
   // 40x20: left half red, right half blue. Cover to 16x16 scales to 32x16 and keeps columns 8..23,
   // so the left half of the crop is red and the right half blue.
   const wide = Buffer.alloc(40 * 20 * 3);
@@ -83,16 +82,34 @@ test('loadImages: cover-resize + centre crop, normalised; undecodable files repo
   assert.deepEqual(out.indices, [0, 2, 3]);
   assert.equal(skipped.length, 1);
   assert.match(skipped[0], /bad\.png: .*unsupported image format/);
-  assert.deepEqual(out.x.shape, [3, 16, 16, 3]);
-  const v = out.x.arraySync();
-  out.x.dispose();
-  const norm = (bytes: number[]) => bytes.map((b, c) => (b / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]);
-  const close = (a: number[], b: number[], what: string) => a.forEach((ai, i) => assert.ok(Math.abs(ai - b[i]) < 0.02, `${what}: ${a} vs ${b}`));
-  close(v[0][8][2], norm([255, 0, 0]), 'left of the crop');
-  close(v[0][8][13], norm([0, 0, 255]), 'right of the crop');
-  close(v[1][5][5], norm([255, 255, 255]), 'gray image replicated to RGB');
-  close(v[2][5][5], norm([255, 255, 255]), 'JPEG');
+  assert.equal(out.pixels.length, 3 * 16 * 16 * 3);
+  const at = (i: number, y: number, x: number) => Array.from(out.pixels.subarray(((i * 16 + y) * 16 + x) * 3, ((i * 16 + y) * 16 + x) * 3 + 3));
+  const close = (a: number[], b: number[], what: string) => a.forEach((ai, i) => assert.ok(Math.abs(ai - b[i]!) <= 2, `${what}: ${a} vs ${b}`));
+  close(at(0, 8, 2), [255, 0, 0], 'left of the crop');
+  close(at(0, 8, 13), [0, 0, 255], 'right of the crop');
+  close(at(1, 5, 5), [255, 255, 255], 'gray image replicated to RGB');
+  close(at(2, 5, 5), [255, 255, 255], 'JPEG');
+  // A 1-channel model gets one gray byte per pixel.
+  const gray = await loadImages([files[2]!], [16, 16, 1], () => {});
+  assert.deepEqual([gray?.pixels.length, gray?.pixels[100]], [256, 255]);
   assert.equal(await loadImages([files[1]], [16, 16, 3], () => {}), null);
+});
+
+test('pixelsToRgb: one RGB picture per image, gray replicated', () => {
+  assert.deepEqual(
+    pixelsToRgb(Uint8Array.from([1, 2, 3, 4]), 2, 1).map((p) => Array.from(p)),
+    [
+      [1, 1, 1, 2, 2, 2],
+      [3, 3, 3, 4, 4, 4],
+    ],
+  );
+  assert.deepEqual(
+    pixelsToRgb(Uint8Array.from([1, 2, 3, 4, 5, 6]), 2, 3).map((p) => Array.from(p)),
+    [
+      [1, 2, 3],
+      [4, 5, 6],
+    ],
+  );
 });
 
 test('uniqueStems: one output name per file', () => {

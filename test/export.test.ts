@@ -15,9 +15,9 @@ import { after, before, test } from 'node:test';
 import sharp from 'sharp';
 import { defaultTrainConfig } from '../src/casm/config.js';
 import { CasmTrainer } from '../src/casm/trainer.js';
-import { CheckpointError, loadCheckpoint, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
+import { CheckpointError, readCheckpoint, readCheckpointState, resolveCheckpoint } from '../src/checkpoints/checkpoint.js';
 import { loadCluttered } from '../src/data/clutteredMnist.js';
-import { normalize } from '../src/data/normalize.js';
+import { normalizeBytes } from '../src/data/preprocess.js';
 import { maskBox } from '../src/boxes.js';
 import { buildMaskNetwork, ExportError, exportMasker, loadMaskNetwork, maxAbsDiff, specBytes, type MaskerMeta } from '../src/export/exportMasker.js';
 import { maskCommand, mergeMasks } from '../src/mask/maskCommand.js';
@@ -34,7 +34,8 @@ const imageDir = join(root, 'images');
 let backend = '';
 /** Cluttered digits as RGB pixel values (0..255, the exported network's input) and as [0,1], N x 64 x 64 x 3; as PNG files in imageDir. */
 let pixels: tf.Tensor4D;
-let x01: tf.Tensor4D;
+/** The model input of `pixels`. */
+let x: tf.Tensor4D;
 const imageFiles: string[] = [];
 
 before(async () => {
@@ -44,12 +45,7 @@ before(async () => {
   const rgb = new Uint8Array(set.n * SIZE * SIZE * 3);
   for (let p = 0; p < set.n * SIZE * SIZE; p++) rgb.fill(set.images[p], p * 3, p * 3 + 3);
   pixels = tf.tensor4d(Float32Array.from(rgb), [set.n, SIZE, SIZE, 3]);
-  x01 = tf.tidy(() =>
-    tf.tensor4d(
-      Float32Array.from(rgb, (v) => v / 255),
-      [set.n, SIZE, SIZE, 3],
-    ),
-  );
+  x = tf.tensor4d(normalizeBytes(rgb, 3), [set.n, SIZE, SIZE, 3]);
   mkdirSync(imageDir);
   for (let i = 0; i < set.n; i++) {
     const file = join(imageDir, `digit${i}.png`);
@@ -61,7 +57,7 @@ before(async () => {
 });
 
 after(() => {
-  tf.dispose([x01, pixels]);
+  tf.dispose([x, pixels]);
   rmSync(root, { recursive: true, force: true });
 });
 
@@ -69,7 +65,7 @@ async function loadTrainer(path: string): Promise<CasmTrainer> {
   const dir = resolveCheckpoint(path);
   const state = readCheckpointState(dir);
   const t = new CasmTrainer(state.config);
-  await loadCheckpoint(dir, t, state);
+  await t.restore(readCheckpoint(dir, state));
   return t;
 }
 
@@ -78,11 +74,10 @@ function disposeTrainer(t: CasmTrainer): void {
   for (const m of t.masker.models) m.dispose();
 }
 
-/** Training-time masks of x01 (the reference): trainer.inference on normalize(x01), as casm explain feeds it. */
-function referenceMasks(t: CasmTrainer, images: tf.Tensor4D): tf.Tensor4D {
-  const x = normalize(images);
-  const { masks, logits } = t.model.inference(x);
-  tf.dispose([x, logits]);
+/** Training-time masks of the model input x (the reference), as casm explain feeds it. */
+function referenceMasks(t: CasmTrainer, input: tf.Tensor4D): tf.Tensor4D {
+  const { masks, logits } = t.model.inference(input);
+  logits.dispose();
   return masks;
 }
 
@@ -162,16 +157,16 @@ test('export writes model.json, shards and masker.json; plain tfjs reproduces th
 
   const trainer = await loadTrainer(runDir);
   const model = await loadPlain(exportDir);
-  const reference = referenceMasks(trainer, x01);
+  const reference = referenceMasks(trainer, x);
   const masks = model.predict(pixels) as tf.Tensor4D;
   try {
-    assert.deepEqual(masks.shape, [x01.shape[0], SIZE, SIZE, 1]);
+    assert.deepEqual(masks.shape, [x.shape[0], SIZE, SIZE, 1]);
     const diff = maxAbsDiff(masks, reference);
-    console.log(`# exported (plain tfjs, ${backend}) vs training-time masker: max |diff| = ${diff.toExponential(3)} over ${x01.shape[0]} digits`);
+    console.log(`# exported (plain tfjs, ${backend}) vs training-time masker: max |diff| = ${diff.toExponential(3)} over ${x.shape[0]} digits`);
     assert.ok(diff < 1e-5, `max |diff| ${diff}`);
     // The comparison can fail: another masker's masks are far from these.
     const other = new CasmTrainer({ ...trainer.config, seed: 99 });
-    const otherMasks = referenceMasks(other, x01);
+    const otherMasks = referenceMasks(other, x);
     const far = maxAbsDiff(masks, otherMasks);
     otherMasks.dispose();
     disposeTrainer(other);
@@ -206,7 +201,7 @@ test('other masker variants export too: own encoder, bilinear, and deconv upsamp
     const { writeLayersModel } = await import('../src/export/exportMasker.js');
     await writeLayersModel(model, dir);
     const loaded = await loadPlain(dir);
-    const reference = referenceMasks(t, x01);
+    const reference = referenceMasks(t, x);
     const masks = loaded.predict(pixels) as tf.Tensor4D;
     const diff = maxAbsDiff(masks, reference);
     tf.dispose([masks, reference]);

@@ -3,12 +3,15 @@
  * iteration of spec section 2 in one function.
  */
 import * as tf from '@tensorflow/tfjs';
+import type { TensorToWrite } from '../io/safetensors.js';
 import { CasmModel } from '../models/casmModel.js';
 import type { Masker } from '../models/masker.js';
 import { buildResNet } from '../models/resnet.js';
+import { setWeightArrays, weightArrays } from '../models/weightArrays.js';
 import { Rng } from '../util/rng.js';
 import { stopGradient } from '../util/stopGradient.js';
-import { learningRates, type TrainConfig } from './config.js';
+import { architectureKey, learningRates, type TrainConfig } from './config.js';
+import { optimizerArrays, setOptimizerArrays } from './optimizerState.js';
 import { ClassifierPool, type PoolChoice, type Snapshot } from './pool.js';
 import { classifierLoss, correct, crossEntropy, maskerLoss } from './score.js';
 
@@ -40,6 +43,21 @@ export interface StepStats {
 }
 
 export class NonFiniteLossError extends Error {}
+
+/** Everything a run needs to continue exactly where it stopped, as plain values: what a checkpoint holds. */
+export interface TrainerState {
+  step: number;
+  rngState: number;
+  config: TrainConfig;
+  /** Every classifier weight (BatchNorm statistics too), as weightArrays names them. */
+  classifier: TensorToWrite[];
+  masker: TensorToWrite[];
+  /** SGD momentum buffers. */
+  classifierOptimizer: TensorToWrite[];
+  /** Adam moments and iteration count. */
+  maskerOptimizer: TensorToWrite[];
+  pool: Snapshot[];
+}
 
 export class CasmTrainer {
   /** The classifier and the masker this trainer trains. */
@@ -192,6 +210,41 @@ export class CasmTrainer {
     } finally {
       for (const t of kept) t.dispose();
     }
+  }
+
+  /** A copy of the trainer's state. */
+  async state(): Promise<TrainerState> {
+    return {
+      step: this.step,
+      rngState: this.rng.state,
+      config: this.config,
+      classifier: weightArrays([this.classifier]),
+      masker: weightArrays(this.masker.models),
+      classifierOptimizer: await optimizerArrays(this.classifierOpt),
+      maskerOptimizer: await optimizerArrays(this.maskerOpt),
+      pool: [...this.pool.snapshots], // snapshots are replaced, never written into
+    };
+  }
+
+  /** Continues from `state`, which must be of the same architecture; errors name the part at fault. */
+  async restore(state: TrainerState): Promise<void> {
+    if (architectureKey(state.config) !== architectureKey(this.config)) {
+      throw new Error(`architecture differs: the state's ${architectureKey(state.config)}, this trainer's ${architectureKey(this.config)}`);
+    }
+    const sizes = this.classifier.weights.map((w) => w.shape.reduce((a: number, b) => a * (b as number), 1));
+    state.pool.forEach((s, j) => {
+      if (s.weights.length !== sizes.length || s.weights.some((w, i) => w.length !== sizes[i])) {
+        throw new Error(`pool snapshot ${j}: ${s.weights.length} weights that do not fit the classifier's ${sizes.length}`);
+      }
+    });
+    setWeightArrays([this.classifier], state.classifier, 'classifier weights');
+    setWeightArrays(this.masker.models, state.masker, 'masker weights');
+    await setOptimizerArrays(this.classifierOpt, state.classifierOptimizer);
+    await setOptimizerArrays(this.maskerOpt, state.maskerOptimizer);
+    this.pool.snapshots = [...state.pool];
+    this.loadedSnapshot = null;
+    this.step = state.step;
+    this.rng.state = state.rngState;
   }
 
   /** Frees every tensor the trainer owns: models, optimiser slots, the snapshot model. */

@@ -1,5 +1,6 @@
 /**
- * Checkpoints: everything a run needs to continue exactly where it stopped. One directory per
+ * Checkpoints: a trainer's state (`TrainerState`, plain values: the trainer is never seen here)
+ * on disk, everything a run needs to continue exactly where it stopped. One directory per
  * checkpoint (`ckpt-00001000/`), built under a temporary name and renamed into place, and a
  * `latest` file replaced atomically last; a crash at any point leaves the previous checkpoint
  * whole. Every file's sha256 is recorded in state.json, so corruption is found on load.
@@ -14,16 +15,16 @@
  * state.json also records the run's data plan and the command's options, so a resume continues
  * on the same data with the same settings.
  */
-import * as tf from '@tensorflow/tfjs';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { architectureKey, type TrainConfig } from '../casm/config.js';
+import type { TrainConfig } from '../casm/config.js';
 import { NO_MASK_TERMS } from '../casm/score.js';
 import type { DataPlan } from '../data/trainData.js';
-import type { CasmTrainer } from '../casm/trainer.js';
+import type { TrainerState } from '../casm/trainer.js';
 import { CasmModel } from '../models/casmModel.js';
 import { DEFAULT_MASKER } from '../models/masker.js';
-import { readSafetensors, writeSafetensors, type TensorToWrite as TensorEntry } from '../io/safetensors.js';
+import { readSafetensors, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
+import { setWeightArrays } from '../models/weightArrays.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
 import { PROJECT_VERSION } from '../version.js';
 import { sha256File } from '../util/sha256.js';
@@ -31,6 +32,7 @@ import { sha256File } from '../util/sha256.js';
 export const CHECKPOINT_FORMAT = 'casm-ts-checkpoint';
 export const CHECKPOINT_VERSION = 1;
 
+/** state.json: what the weight files do not hold, and their hashes. */
 export interface CheckpointState {
   format: typeof CHECKPOINT_FORMAT;
   version: number;
@@ -56,43 +58,16 @@ export interface RunRecord {
 /** A checkpoint that cannot be used; the message names the file and the problem. */
 export class CheckpointError extends Error {}
 
-function modelEntries(models: tf.LayersModel[]): TensorEntry[] {
-  return models.flatMap((m, k) =>
-    m.weights.map((w, i) => ({ name: `${k}/${i}/${w.originalName}`, shape: w.shape as number[], data: Float32Array.from(w.read().dataSync()) })),
-  );
-}
-
-/**
- * Adam's bias-correction powers beta^t live outside getWeights(); setWeights() recomputes them with
- * pow(), which differs from the running product in the last bits, enough to make a resumed run
- * drift from a straight one. They are saved and restored as they are.
- */
-const ADAM_POWERS = ['accBeta1', 'accBeta2'] as const;
-type AdamPowers = Partial<Record<(typeof ADAM_POWERS)[number], tf.Variable>>;
-
-async function optimizerEntries(opt: tf.Optimizer): Promise<TensorEntry[]> {
-  const weights = await opt.getWeights();
-  // Names carry the index: the optimisers restore their slots by position.
-  const entries = weights.map((w, i) => ({ name: `${i}/${w.name}`, shape: w.tensor.shape, data: Float32Array.from(w.tensor.dataSync()) }));
-  // Entry 0 is a fresh scalar of the iteration count (tfjs's saveIterations); the rest are the optimiser's own variables.
-  weights[0]?.tensor.dispose();
-  for (const key of ADAM_POWERS) {
-    const v = (opt as unknown as AdamPowers)[key];
-    if (v) entries.push({ name: key, shape: v.shape, data: Float32Array.from(v.dataSync()) });
-  }
-  return entries;
-}
-
-/** Writes a checkpoint of the trainer into runDir and points `latest` at it. Returns its path. */
-export async function saveCheckpoint(runDir: string, trainer: CasmTrainer, run: RunRecord, keep = 2): Promise<string> {
+/** Writes a checkpoint of a trainer's state into runDir and points `latest` at it. Returns its path. */
+export function saveCheckpoint(runDir: string, state: TrainerState, run: RunRecord, keep = 2): string {
   mkdirSync(runDir, { recursive: true });
-  const name = `ckpt-${String(trainer.step).padStart(8, '0')}`;
+  const name = `ckpt-${String(state.step).padStart(8, '0')}`;
   const final = join(runDir, name);
   const tmp = join(runDir, `.${name}.tmp-${process.pid}`);
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp);
   try {
-    await writeCheckpointFiles(tmp, trainer, run);
+    writeCheckpointFiles(tmp, state, run);
   } catch (err) {
     rmSync(tmp, { recursive: true, force: true });
     throw err;
@@ -106,33 +81,37 @@ export async function saveCheckpoint(runDir: string, trainer: CasmTrainer, run: 
   return final;
 }
 
-async function writeCheckpointFiles(dir: string, trainer: CasmTrainer, run: RunRecord): Promise<void> {
-  const groups: Record<string, TensorEntry[]> = {
-    'classifier.safetensors': modelEntries([trainer.classifier]),
-    'masker.safetensors': modelEntries(trainer.masker.models),
-    'optim-classifier.safetensors': await optimizerEntries(trainer.classifierOpt),
-    'optim-masker.safetensors': await optimizerEntries(trainer.maskerOpt),
-    'pool.safetensors': trainer.pool.snapshots.flatMap((s, j) =>
-      s.weights.map((data, i) => ({ name: `${j}/${i}`, shape: [data.length], data })),
-    ),
+/** The weight files and the parts of the state each holds. */
+const FILES = {
+  'classifier.safetensors': 'classifier',
+  'masker.safetensors': 'masker',
+  'optim-classifier.safetensors': 'classifierOptimizer',
+  'optim-masker.safetensors': 'maskerOptimizer',
+} as const;
+const POOL_FILE = 'pool.safetensors';
+
+function writeCheckpointFiles(dir: string, state: TrainerState, run: RunRecord): void {
+  const groups: Record<string, readonly TensorToWrite[]> = {
+    ...Object.fromEntries(Object.entries(FILES).map(([file, part]) => [file, state[part]])),
+    [POOL_FILE]: state.pool.flatMap((s, j) => s.weights.map((data, i) => ({ name: `${j}/${i}`, shape: [data.length], data }))),
   };
   const files: Record<string, string> = {};
   for (const [file, entries] of Object.entries(groups)) {
     writeSafetensors(join(dir, file), entries);
     files[file] = sha256File(join(dir, file));
   }
-  const state: CheckpointState = {
+  const record: CheckpointState = {
     format: CHECKPOINT_FORMAT,
     version: CHECKPOINT_VERSION,
     projectVersion: PROJECT_VERSION,
-    step: trainer.step,
-    rngState: trainer.rng.state,
-    config: trainer.config,
-    poolSteps: trainer.pool.snapshots.map((s) => s.step),
+    step: state.step,
+    rngState: state.rngState,
+    config: state.config,
+    poolSteps: state.pool.map((s) => s.step),
     files,
     run,
   };
-  writeFileSync(join(dir, 'state.json'), JSON.stringify(state, null, 2));
+  writeFileSync(join(dir, 'state.json'), JSON.stringify(record, null, 2));
 }
 
 /** Temporary names a run writes under: checkpoint directories being built, and writeFileAtomic's files. */
@@ -207,45 +186,20 @@ export function readCheckpointState(dir: string, { verifyFiles = true as boolean
   return state;
 }
 
-function loadModels(dir: string, file: string, models: tf.LayersModel[]): void {
-  const path = join(dir, file);
-  const tensors = readSafetensors(path).tensors;
-  const weights = models.flatMap((m, k) => m.weights.map((w, i) => ({ w, key: `${k}/${i}/${w.originalName}` })));
-  if (tensors.size !== weights.length) {
-    throw new CheckpointError(`${path}: ${tensors.size} tensors, the model has ${weights.length} weights`);
-  }
-  const values = weights.map(({ w, key }) => {
-    const t = tensors.get(key);
-    if (!t) throw new CheckpointError(`${path}: no tensor ${key}`);
-    if (t.shape.join(',') !== w.shape.join(',')) {
-      throw new CheckpointError(`${path}: ${key} has shape [${t.shape}], the model expects [${w.shape}]`);
-    }
-    return t.data;
-  });
-  tf.tidy(() => weights.forEach(({ w }, i) => w.write(tf.tensor(values[i], w.shape as number[]))));
+/** The tensors of one of the checkpoint's files, as named arrays. */
+function readArrays(dir: string, file: string): TensorToWrite[] {
+  return [...readSafetensors(join(dir, file)).tensors].map(([name, t]) => ({ name, shape: t.shape, data: t.data }));
 }
 
-async function loadOptimizer(dir: string, file: string, opt: tf.Optimizer): Promise<void> {
-  const tensors = readSafetensors(join(dir, file)).tensors;
-  const entries = [...tensors.entries()]
-    .filter(([name]) => !(ADAM_POWERS as readonly string[]).includes(name))
-    .map(([name, t]) => ({ index: Number(name.split('/')[0]), name: name.slice(name.indexOf('/') + 1), t }))
-    .sort((a, b) => a.index - b.index);
-  if (entries.length === 0) return; // saved before the first update
-  const named = entries.map(({ name, t }) => ({ name, tensor: tf.tensor(t.data, t.shape) }));
-  await opt.setWeights(named);
-  for (const n of named) n.tensor.dispose();
-  for (const key of ADAM_POWERS) {
-    const saved = tensors.get(key);
-    const v = (opt as unknown as AdamPowers)[key];
-    if (saved && v) tf.tidy(() => v.assign(tf.tensor(saved.data, v.shape)));
+/** Runs fn, whose errors name a part of the state, with errors naming the checkpoint instead. */
+function inCheckpoint<T>(dir: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw e instanceof CheckpointError ? e : new CheckpointError(`${dir}: ${(e as Error).message}`, { cause: e });
   }
 }
 
-/**
- * Restores a trainer built from the checkpoint's config (see `checkpointConfig`). The trainer
- * must have the same architecture; anything else is an error naming the checkpoint.
- */
 /**
  * The model of a run or checkpoint, for inference: resolved, checked, its classifier and masker
  * weights loaded (no optimisers, no pool). `path`: a run directory (its latest) or a checkpoint.
@@ -256,8 +210,10 @@ export function loadCasmModel(path: string): { model: CasmModel; dir: string; st
   const state = readCheckpointState(dir, { verifyFiles: ['classifier.safetensors', 'masker.safetensors'] });
   const model = new CasmModel(state.config.arch, state.config.masker, state.config.seed);
   try {
-    loadModels(dir, 'classifier.safetensors', [model.classifier]);
-    loadModels(dir, 'masker.safetensors', model.masker.models);
+    inCheckpoint(dir, () => {
+      setWeightArrays([model.classifier], readArrays(dir, 'classifier.safetensors'), 'classifier.safetensors');
+      setWeightArrays(model.masker.models, readArrays(dir, 'masker.safetensors'), 'masker.safetensors');
+    });
   } catch (e) {
     model.dispose();
     throw e;
@@ -265,25 +221,19 @@ export function loadCasmModel(path: string): { model: CasmModel; dir: string; st
   return { model, dir, state };
 }
 
-export async function loadCheckpoint(dir: string, trainer: CasmTrainer, state = readCheckpointState(dir)): Promise<void> {
-  if (architectureKey(state.config) !== architectureKey(trainer.config)) {
-    throw new CheckpointError(
-      `${dir}: architecture differs: checkpoint ${architectureKey(state.config)}, this run ${architectureKey(trainer.config)}`,
-    );
-  }
-  loadModels(dir, 'classifier.safetensors', [trainer.classifier]);
-  loadModels(dir, 'masker.safetensors', trainer.masker.models);
-  await loadOptimizer(dir, 'optim-classifier.safetensors', trainer.classifierOpt);
-  await loadOptimizer(dir, 'optim-masker.safetensors', trainer.maskerOpt);
-  const pool = readSafetensors(join(dir, 'pool.safetensors')).tensors;
-  trainer.pool.snapshots = state.poolSteps.map((step, j) => ({
-    step,
-    weights: trainer.classifier.weights.map((_, i) => {
-      const t = pool.get(`${j}/${i}`);
-      if (!t) throw new CheckpointError(`${join(dir, 'pool.safetensors')}: snapshot ${j} lacks weight ${i}`);
-      return t.data;
-    }),
-  }));
-  trainer.step = state.step;
-  trainer.rng.state = state.rngState;
+/** The trainer state a checkpoint holds (every file verified unless `state` is given, already read). */
+export function readCheckpoint(dir: string, state = readCheckpointState(dir)): TrainerState {
+  const parts = Object.fromEntries(Object.entries(FILES).map(([file, part]) => [part, readArrays(dir, file)])) as Record<
+    (typeof FILES)[keyof typeof FILES],
+    TensorToWrite[]
+  >;
+  const pool = readSafetensors(join(dir, POOL_FILE)).tensors;
+  const snapshots = state.poolSteps.map((step, j) => {
+    const weights: Float32Array[] = [];
+    for (let t = pool.get(`${j}/0`); t; t = pool.get(`${j}/${weights.length}`)) weights.push(t.data);
+    return { step, weights };
+  });
+  const held = snapshots.reduce((n, s) => n + s.weights.length, 0);
+  if (held !== pool.size) throw new CheckpointError(`${join(dir, POOL_FILE)}: ${pool.size} tensors, of which state.json's ${snapshots.length} snapshots name ${held}`);
+  return { step: state.step, rngState: state.rngState, config: state.config, ...parts, pool: snapshots };
 }

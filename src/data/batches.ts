@@ -4,15 +4,28 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Rng } from '../util/rng.js';
 import type { ClutteredSet } from './clutteredMnist.js';
-import { channelStats } from './normalize.js';
+import { normalizeBytes } from './preprocess.js';
 
 export interface Batch {
-  /** NHWC float32: pixel/255, then (v - mean) / std per channel (see normalize.ts). */
+  /** NHWC float32 model input (preprocess.ts). */
   x: tf.Tensor4D;
   /** Labels, int32. */
   y: tf.Tensor1D;
   /** indices.length*4 boxes [x0, y0, x1, y1], x1/y1 exclusive, in pixels. */
   boxes: Int32Array;
+}
+
+/** The samples' gray pixels as interleaved `channels`-channel pixels (HWC; the gray value in every channel). */
+export function batchPixels(set: ClutteredSet, indices: number[], channels: 1 | 3 = 3): Uint8Array {
+  const hw = set.size * set.size;
+  const out = new Uint8Array(indices.length * hw * channels);
+  indices.forEach((idx, b) => {
+    if (!Number.isInteger(idx) || idx < 0 || idx >= set.n) throw new Error(`toBatch: index ${idx} out of range [0, ${set.n})`);
+    const img = set.images.subarray(idx * hw, (idx + 1) * hw);
+    if (channels === 1) out.set(img, b * hw);
+    else for (let p = 0, o = b * hw * 3; p < hw; p++, o += 3) out[o] = out[o + 1] = out[o + 2] = img[p]!;
+  });
+  return out;
 }
 
 /**
@@ -21,36 +34,10 @@ export interface Batch {
  */
 export function toBatch(set: ClutteredSet, indices: number[], opts: { channels?: 1 | 3 } = {}): Batch {
   const c = opts.channels ?? 3;
-  const { mean, std } = channelStats(c);
-  const hw = set.size * set.size;
-  // Lookup table byte -> normalised value per channel (float32 rounding happens once, on store).
-  const lut: Float64Array[] = mean.map((m, ch) => {
-    const t = new Float64Array(256);
-    for (let v = 0; v < 256; v++) t[v] = (v / 255 - m) / std[ch]!;
-    return t;
-  });
-  const data = new Float32Array(indices.length * hw * c);
-  const labels = new Int32Array(indices.length);
+  const data = normalizeBytes(batchPixels(set, indices, c), c);
+  const labels = Int32Array.from(indices, (idx) => set.labels[idx]!);
   const boxes = new Int32Array(indices.length * 4);
-  indices.forEach((idx, b) => {
-    if (!Number.isInteger(idx) || idx < 0 || idx >= set.n) throw new Error(`toBatch: index ${idx} out of range [0, ${set.n})`);
-    const img = set.images.subarray(idx * hw, (idx + 1) * hw);
-    let o = b * hw * c;
-    if (c === 1) {
-      const t = lut[0]!;
-      for (let p = 0; p < hw; p++) data[o++] = t[img[p]!]!;
-    } else {
-      const [t0, t1, t2] = lut as [Float64Array, Float64Array, Float64Array];
-      for (let p = 0; p < hw; p++) {
-        const v = img[p]!;
-        data[o++] = t0[v]!;
-        data[o++] = t1[v]!;
-        data[o++] = t2[v]!;
-      }
-    }
-    labels[b] = set.labels[idx]!;
-    boxes.set(set.boxes.subarray(idx * 4, idx * 4 + 4), b * 4);
-  });
+  indices.forEach((idx, b) => boxes.set(set.boxes.subarray(idx * 4, idx * 4 + 4), b * 4));
   return {
     x: tf.tensor4d(data, [indices.length, set.size, set.size, c], 'float32'),
     y: tf.tensor1d(labels, 'int32'),

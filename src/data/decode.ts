@@ -13,12 +13,11 @@
  *   - 'train': RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3) + horizontal flip p=0.5,
  *              torchvision's algorithm, drawn from a seeded Rng; optionally ColorJitter
  *              (brightness, contrast, saturation) after them
- * Output: HWC uint8 RGB, or HWC float32 normalised with the ImageNet mean/std.
+ * Output: HWC uint8 RGB (model input: preprocess.ts, after batching).
  */
 import sharp from 'sharp';
 import type { Rng } from '../util/rng.js';
 import { evalGeometry, mapBoxes, roundHalfEven, valGeometry, type EvalMode, type Geometry } from './boxes.js';
-import { IMAGENET_MEAN, IMAGENET_STD } from './imagenetStats.js';
 import type { PixelBox, Problems, Sample } from './samples.js';
 
 /** Default pixel limit: PIL's MAX_IMAGE_PIXELS (89.5 Mpx); the largest ImageNet image is ~ 10 Mpx... */
@@ -191,14 +190,13 @@ export type TransformSpec =
   | { kind: 'geometry'; geometry: Geometry };
 
 export interface TransformOptions extends DecodeOptions {
-  /** 'float' (default): HWC float32, (v/255 - mean) / std; 'uint8': HWC RGB bytes. */
-  output?: 'float' | 'uint8';
   /** Boxes in original (upright) pixels, mapped into the output frame and clipped. */
   boxes?: PixelBox[];
 }
 
 export interface TransformResult {
-  data: Float32Array | Uint8Array;
+  /** HWC RGB pixels (model input: preprocess.ts). */
+  data: Uint8Array;
   width: number;
   height: number;
   geometry: Geometry;
@@ -288,19 +286,6 @@ export function colorJitterInPlace(d: Uint8Array, f: JitterFactors): void {
   }
 }
 
-/** HWC RGB bytes -> HWC float32 (v/255 - mean[c]) / std[c]. */
-export function normalizeRgb(d: Uint8Array): Float32Array {
-  const out = new Float32Array(d.length);
-  const m = IMAGENET_MEAN;
-  const s = IMAGENET_STD;
-  for (let i = 0; i < d.length; i += 3) {
-    out[i] = (d[i]! / 255 - m[0]) / s[0];
-    out[i + 1] = (d[i + 1]! / 255 - m[1]) / s[1];
-    out[i + 2] = (d[i + 2]! / 255 - m[2]) / s[2];
-  }
-  return out;
-}
-
 /** Decode + transform one encoded image. Throws DecodeError. */
 export async function decodeTransform(bytes: Uint8Array, spec: TransformSpec, opts: TransformOptions = {}): Promise<TransformResult> {
   const info = await probeImage(bytes, opts);
@@ -323,7 +308,7 @@ export async function decodeTransform(bytes: Uint8Array, spec: TransformSpec, op
   // Drawn after the geometry, so runs without jitter keep their crops.
   if (spec.kind === 'train' && (spec.colorJitter ?? 0) > 0) colorJitterInPlace(rgb, jitterFactors(spec.rng, spec.colorJitter!));
   const res: TransformResult = {
-    data: (opts.output ?? 'float') === 'float' ? normalizeRgb(rgb) : rgb,
+    data: rgb,
     width: g.outW,
     height: g.outH,
     geometry: g,

@@ -11,6 +11,7 @@ import { Worker } from 'node:worker_threads';
 import type { Dataset, ReadContext } from './dataset.js';
 import { decodedSamples, epochShardOrder, streamShards, type DecodedSample, type Preprocess, type StreamPlan } from './pipeline.js';
 import type { Augmentation } from './decode.js';
+import { normalizeBytes } from './preprocess.js';
 import { Problems, type PixelBox, type Problem, type SampleSource } from './samples.js';
 
 export type ToWorker = { type: 'start'; gen: number; plan: StreamPlan; credit: number } | { type: 'credit'; gen: number; n: number } | { type: 'stop' };
@@ -42,8 +43,10 @@ export interface LoaderOptions {
 }
 
 export interface HostBatch {
-  /** n x size x size x 3 float32, normalised. */
+  /** n x size x size x 3 model input (preprocess.ts) of `pixels`. */
   x: Float32Array;
+  /** n x size x size x 3 RGB. */
+  pixels: Uint8Array;
   n: number;
   size: number;
   labels: Int32Array;
@@ -221,10 +224,11 @@ export class DataLoader {
     let waitMs = 0;
     const it = this.samples(epoch, range);
     const assemble = (): HostBatch => {
-      const x = new Float32Array(items.length * per);
-      items.forEach((s, i) => x.set(s.data, i * per));
+      const pixels = new Uint8Array(items.length * per);
+      items.forEach((s, i) => pixels.set(s.data, i * per));
       const b: HostBatch = {
-        x,
+        x: normalizeBytes(pixels, 3),
+        pixels,
         n: items.length,
         size,
         labels: Int32Array.from(items, (s) => s.label),

@@ -40,8 +40,8 @@ export interface StreamPlan {
 export interface DecodedSample {
   key: string;
   label: number;
-  /** HWC float32, normalised with the ImageNet mean and std. */
-  data: Float32Array;
+  /** HWC RGB pixels (model input: preprocess.ts). */
+  data: Uint8Array;
   width: number;
   height: number;
   /** Ground-truth boxes of the sample's class in the output frame (when the data set has boxes). */
@@ -117,7 +117,7 @@ export async function* decodedSamples(plan: StreamPlan, ctx: ReadContext, proble
     const opts = plan.pixelLimit === undefined ? {} : { pixelLimit: plan.pixelLimit };
     const t = await transformSample(s, spec, problems, opts);
     if (t === null) return null;
-    const out: DecodedSample = { key: s.key, label: s.label, data: t.data as Float32Array, width: t.width, height: t.height, source: s.source };
+    const out: DecodedSample = { key: s.key, label: s.label, data: t.data, width: t.width, height: t.height, source: s.source };
     if (t.boxes !== undefined) out.boxes = t.boxes;
     return out;
   };

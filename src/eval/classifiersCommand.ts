@@ -17,9 +17,10 @@ import * as tf from '@tensorflow/tfjs';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadCasmModel } from '../checkpoints/checkpoint.js';
-import { denormalize, normalize } from '../data/normalize.js';
+import { denormalize } from '../data/normalize.js';
+import { normalizeBytes } from '../data/preprocess.js';
 import { Classifier } from '../explain/classifier.js';
-import { imagesToRgb, png, tile } from '../explain/display.js';
+import { imagesToRgb, pixelsToRgb, png, tile } from '../explain/display.js';
 import { readLayersModel } from '../export/exportMasker.js';
 import { Progress } from '../log/progress.js';
 import { openEvalData, type EvalDataOptions } from './evalData.js';
@@ -206,10 +207,10 @@ async function scoreClassifiers(o: ClassifiersOptions, shard: Shard): Promise<Cl
       if (batchNo++ % shard.count !== shard.index) continue;
       const x = tf.tensor4d(b.x, [b.n, size, size, 3]);
       const labels = tf.tensor1d(b.labels, 'int32');
-      const masks = casm!.masks(x, b.labels);
+      const masks = casm!.masks({ x, pixels: b.pixels }, b.labels);
       const m = tf.tensor4d(masks, [b.n, size, size, 1]);
       // Telea fills the binarised mask's pixels from the rest of the image (bytes in, bytes out).
-      const pictures = tf.tidy(() => imagesToRgb(denormalize(x)));
+      const pictures = pixelsToRgb(b.pixels, b.n, 3);
       const filled = await Promise.all(
         pictures.map((rgb, i) => {
           const mask = masks.subarray(i * hw, (i + 1) * hw);
@@ -221,9 +222,9 @@ async function scoreClassifiers(o: ClassifiersOptions, shard: Shard): Promise<Cl
         'masked-in': tf.mul(m, x),
         'masked-out': tf.tidy(() => tf.mul(tf.sub(1, m), x)),
         inpainted: tf.tidy(() => {
-          const bytes = new Int32Array(b.n * hw * 3);
+          const bytes = new Uint8Array(b.n * hw * 3);
           filled.forEach((f, i) => bytes.set(f, i * hw * 3));
-          return normalize(tf.tensor4d(bytes, [b.n, size, size, 3]).toFloat().div(255));
+          return tf.tensor4d(normalizeBytes(bytes, 3), [b.n, size, size, 3]);
         }),
       };
       try {

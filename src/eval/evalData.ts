@@ -5,15 +5,18 @@
  * ImageNet's 50,000 validation images never sit in memory at once.
  */
 import { BUILTIN_DATA, digitBoxes, loadDigits } from '../data/trainData.js';
-import { toBatch } from '../data/batches.js';
+import { batchPixels } from '../data/batches.js';
+import { normalizeBytes } from '../data/preprocess.js';
 import { countShard, openDataset, type Dataset } from '../data/dataset.js';
 import { DataLoader } from '../data/loader.js';
 import type { Problem, Problems } from '../data/samples.js';
 import type { Box } from '../boxes.js';
 
 export interface EvalBatch {
-  /** n x size x size x 3 float32, ImageNet-normalised. */
+  /** n x size x size x 3 model input (preprocess.ts) of `pixels`. */
   x: Float32Array;
+  /** n x size x size x 3 RGB. */
+  pixels: Uint8Array;
   n: number;
   size: number;
   labels: Int32Array;
@@ -66,12 +69,10 @@ export async function openEvalData(o: EvalDataOptions): Promise<EvalData> {
       async *batches() {
         for (let start = 0; start < set.n; start += o.batchSize) {
           const indices = Array.from({ length: Math.min(o.batchSize, set.n - start) }, (_, i) => start + i);
-          const b = toBatch(set, indices);
-          const x = b.x.dataSync() as Float32Array;
-          b.x.dispose();
-          b.y.dispose();
+          const pixels = batchPixels(set, indices);
           yield {
-            x,
+            x: normalizeBytes(pixels, 3),
+            pixels,
             n: indices.length,
             size: set.size,
             labels: set.labels.slice(start, start + indices.length),
@@ -103,6 +104,7 @@ export async function openEvalData(o: EvalDataOptions): Promise<EvalData> {
       for await (const b of loader.batches(0, { dropLast: false, ...(o.limit !== undefined ? { limit: o.limit } : {}) })) {
         yield {
           x: b.x,
+          pixels: b.pixels,
           n: b.n,
           size: b.size,
           labels: b.labels,

@@ -11,9 +11,8 @@
  * next to L100, say) as methods `casm-<thinning>`, scored on the same images in the same pass.
  */
 import * as tf from '@tensorflow/tfjs';
-import { denormalize } from '../data/normalize.js';
 import type { ExplainerOptions } from '../explain/explainCommand.js';
-import { imagesToRgb } from '../explain/display.js';
+import { pixelsToRgb } from '../explain/display.js';
 import { Progress } from '../log/progress.js';
 import { openEvalData, type EvalDataOptions } from './evalData.js';
 import { barChartPng, exampleGridPng, type ExampleRow } from './figures.js';
@@ -251,10 +250,10 @@ async function scoreLocalization(o: LocalizationOptions, shard: Shard): Promise<
         try {
           const top1 = models.predict(x);
           const targets = b.labels.map((l, i) => (top1 !== null && (target === 'predicted' || (target === 'auto' && !isSeen(l))) ? top1[i]! : l));
-          const masks = methods.map((m) => m.masks(x, targets));
+          const masks = methods.map((m) => m.masks({ x, pixels: b.pixels }, targets));
           const hw = b.size * b.size;
           const exampleAt = (i: number) => examples.length < o.examples && (first + i) % exampleEvery === 0;
-          const pictures = boxed.some(exampleAt) ? tf.tidy(() => imagesToRgb(denormalize(x))) : [];
+          const pictures = boxed.some(exampleAt) ? pixelsToRgb(b.pixels, b.n, 3) : [];
           for (const i of boxed) {
             const label = b.labels[i]!;
             const cells = masks.map((every) => every.subarray(i * hw, (i + 1) * hw));

@@ -7,7 +7,6 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { loadCasmModel, type CheckpointState } from '../checkpoints/checkpoint.js';
-import { denormalize } from '../data/normalize.js';
 import { Classifier } from '../explain/classifier.js';
 import { buildExplainer, METHODS as EXPLAIN_METHODS, parseMethods, type ExplainerOptions, type Method as ExplainMethod } from '../explain/explainCommand.js';
 import { checkMasksFinite, loadMaskNetwork, type MaskerMeta } from '../export/exportMasker.js';
@@ -21,11 +20,17 @@ export const DEFAULT_METHODS: EvalMethod[] = ['casm', 'gradcam', 'smoothgrad', '
 
 export const parseEvalMethods = (spec: string): EvalMethod[] => parseMethods(spec, EVAL_METHODS);
 
-/** One method: masks of a batch (x normalised NHWC, labels) as n*h*w floats in [0, 1]. */
+/** A batch as the methods take it: the model input (NHWC) and the RGB pixels it was made of. */
+export interface BatchImages {
+  x: tf.Tensor4D;
+  pixels: Uint8Array;
+}
+
+/** One method: masks of a batch (images, labels) as n*h*w floats in [0, 1]. */
 export interface MaskMethod {
   /** An EvalMethod, or a name of the evaluation's own (another run's masker). */
   name: string;
-  masks(x: tf.Tensor4D, labels: Int32Array): Float32Array;
+  masks(images: BatchImages, labels: Int32Array): Float32Array;
 }
 
 /** What is evaluated: a checkpoint (classifier + masker) and/or an exported mask network. */
@@ -97,7 +102,7 @@ export function buildMethods(methods: EvalMethod[], models: Models, o: Explainer
         }
         return {
           name,
-          masks: (x) => {
+          masks: ({ x }) => {
             const out = new Float32Array(x.shape[0] * size * size);
             for (let i = 0; i < x.shape[0]; i++) out.set(one, i * size * size);
             return out;
@@ -110,8 +115,10 @@ export function buildMethods(methods: EvalMethod[], models: Models, o: Explainer
           const { model, dir } = models.exported;
           return {
             name,
-            masks: (x) => {
-              const masks = fromTensor(tf.tidy(() => tf.squeeze(model.predict(tf.round(denormalize(x).mul(255))) as tf.Tensor4D, [3]) as tf.Tensor3D));
+            masks: ({ x, pixels }) => {
+              const masks = fromTensor(
+                tf.tidy(() => tf.squeeze(model.predict(tf.tensor4d(Float32Array.from(pixels), x.shape)) as tf.Tensor4D, [3]) as tf.Tensor3D),
+              );
               checkMasksFinite(masks, dir, `a batch of ${x.shape[0]} evaluation images`);
               return masks;
             },
@@ -121,6 +128,6 @@ export function buildMethods(methods: EvalMethod[], models: Models, o: Explainer
     }
     if (casm === null || classifier === null) throw new UsageError(`method '${name}' needs a checkpoint's classifier: give --checkpoint`);
     const explainer = buildExplainer(name as ExplainMethod, casm, classifier, o);
-    return { name, masks: (x, labels) => fromTensor(explainer.explain(x, Array.from(labels)).maps) };
+    return { name, masks: ({ x }, labels) => fromTensor(explainer.explain(x, Array.from(labels)).maps) };
   });
 }

@@ -120,6 +120,18 @@ export function overlay(image: Uint8Array, heat: Uint8Array, alpha = 0.5): Uint8
   return image.map((v, i) => Math.round((1 - alpha) * v + alpha * heat[i]));
 }
 
+/** N interleaved images of `channels` (1: gray, 3: RGB) pixels each -> one RGB picture per image. */
+export function pixelsToRgb(pixels: Uint8Array, n: number, channels: number): Uint8Array[] {
+  const per = pixels.length / n;
+  return Array.from({ length: n }, (_, i) => {
+    const img = pixels.subarray(i * per, (i + 1) * per);
+    if (channels === 3) return Uint8Array.from(img);
+    const rgb = new Uint8Array(img.length * 3);
+    for (let p = 0; p < img.length; p++) rgb[3 * p] = rgb[3 * p + 1] = rgb[3 * p + 2] = img[p]!;
+    return rgb;
+  });
+}
+
 /** [0, 1] images [N, H, W, 1|3] -> one RGB byte array per image (gray replicated, values clipped). */
 export function imagesToRgb(images01: tf.Tensor4D): Uint8Array[] {
   const [n, h, w, c] = images01.shape;

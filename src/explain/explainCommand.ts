@@ -9,11 +9,11 @@ import * as tf from '@tensorflow/tfjs';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadCasmModel } from '../checkpoints/checkpoint.js';
+import { normalizeBytes } from '../data/preprocess.js';
 import type { CasmModel } from '../models/casmModel.js';
-import { denormalize } from '../data/normalize.js';
 import { CasmMasks } from './casmMasks.js';
 import { Classifier } from './classifier.js';
-import { colorize, imagesToRgb, overlay, png, tile, type Colormap } from './display.js';
+import { colorize, overlay, pixelsToRgb, png, tile, type Colormap } from './display.js';
 import type { Explainer } from './explainer.js';
 import { GradCam } from './gradCam.js';
 import { loadImages, uniqueStems } from './images.js';
@@ -98,7 +98,7 @@ export async function explainCommand(o: ExplainOptions): Promise<ExplainResult> 
     o.log(`explain: ${dir} (step ${state.step}), methods ${o.methods.join(', ')}${cam ? `, Grad-CAM layer ${cam.layer}` : ''}`);
 
     mkdirSync(o.out, { recursive: true });
-    const [h, w] = classifier.inputShape;
+    const [h, w, channels] = classifier.inputShape;
     const names = uniqueStems(o.images);
     const rows: Uint8Array[][] = [];
     const result: ExplainResult = { images: [], targets: [], skipped: [], grid: join(o.out, 'grid.png') };
@@ -108,10 +108,11 @@ export async function explainCommand(o: ExplainOptions): Promise<ExplainResult> 
         result.skipped.push(file);
       });
       if (!decoded) continue;
-      const { x, indices } = decoded;
+      const { pixels, indices } = decoded;
+      const x = tf.tensor4d(normalizeBytes(pixels, channels), [indices.length, h, w, channels]);
       const batchNames = indices.map((i) => names[start + i]);
       try {
-        const pictures = tf.tidy(() => imagesToRgb(denormalize(x)));
+        const pictures = pixelsToRgb(pixels, indices.length, channels);
         const batchRows = pictures.map((p) => [p]);
         let classes: number[] = [];
         for (const [k, explainer] of explainers.entries()) {

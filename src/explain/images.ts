@@ -1,14 +1,12 @@
 /**
- * Image files -> model input. Each file is decoded with sharp (JPEG, PNG, WebP, TIFF, ...), its
+ * Image files -> pixels. Each file is decoded with sharp (JPEG, PNG, WebP, TIFF, ...), its
  * alpha dropped, resized so the short side fits and centre-cropped to the model's size (spec
- * section 4's preprocessing), converted to the model's channels (3: sRGB, 1: gray) and normalised
- * (normalize.ts). A file that cannot be decoded is reported and skipped.
+ * section 4's preprocessing) and converted to the model's channels (3: sRGB, 1: gray); model input
+ * is then preprocess.ts's. A file that cannot be decoded is reported and skipped.
  */
-import * as tf from '@tensorflow/tfjs';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, extname, join } from 'node:path';
 import sharp from 'sharp';
-import { normalize } from '../data/normalize.js';
 import { UsageError } from '../util/usageError.js';
 
 /** Files and folders (each contributes its files, sorted, hidden ones skipped) -> files; a missing path or no file at all is a UsageError. */
@@ -32,8 +30,8 @@ export function expandInputs(inputs: string[]): string[] {
 }
 
 export interface DecodedImages {
-  /** N x height x width x channels, normalised. */
-  x: tf.Tensor4D;
+  /** N x height x width x channels, interleaved. */
+  pixels: Uint8Array;
   /** Position in `files` of each decoded image. */
   indices: number[];
 }
@@ -63,15 +61,9 @@ export async function loadImages(
     }
   }
   if (decoded.length === 0) return null;
-  const all = new Float32Array(decoded.length * height * width * channels);
-  pixels.forEach((p, i) =>
-    all.set(
-      Float32Array.from(p, (v) => v / 255),
-      i * p.length,
-    ),
-  );
-  const x = tf.tidy(() => normalize(tf.tensor4d(all, [decoded.length, height, width, channels])));
-  return { x, indices: decoded };
+  const all = new Uint8Array(decoded.length * height * width * channels);
+  pixels.forEach((p, i) => all.set(p, i * p.length));
+  return { pixels: all, indices: decoded };
 }
 
 /** Output names for files: 'a/cat.png', 'b/cat.jpg' -> 'cat', 'cat-2'. */

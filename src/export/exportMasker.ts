@@ -22,7 +22,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } fr
 import { join, resolve } from 'node:path';
 import type { TrainConfig } from '../casm/config.js';
 import { loadCasmModel } from '../checkpoints/checkpoint.js';
-import { IMAGENET_MEAN, IMAGENET_STD, normalize } from '../data/normalize.js';
+import { IMAGENET_MEAN, IMAGENET_STD, normalizationTable, normalizeBytes } from '../data/preprocess.js';
 import type { CasmModel } from '../models/casmModel.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
 import { PROJECT_VERSION } from '../version.js';
@@ -118,9 +118,9 @@ export async function buildMaskNetwork(casm: CasmModel, name = 'casm_masker'): P
 
   // The normalisation, three stock layers (built for real, so their configs are what tfjs writes):
   //   normalize_index   1x1 DepthwiseConv2D, kernel 1, bias [0, 256, 512]: byte v of channel c -> v + 256 c
-  //   normalize_lookup  Embedding(768, 1): the table of normalize()'s own output for every byte value
+  //   normalize_lookup  Embedding(768, 1): preprocess.ts's table, the model input of every byte value
   //   normalize         Reshape to S x S x 3
-  // A lookup reproduces the project's (v/255 - mean) / std bit for bit; multiplying by 1/std
+  // A lookup reproduces the project's preprocessing bit for bit; multiplying by 1/std
   // instead rounds differently for a third of the byte values, and an untrained network
   // amplifies those last-bit differences to ~1e-5 in the masks.
   const [s1, s2, s3] = (trunk.inputs[0].shape as number[]).slice(1);
@@ -177,7 +177,7 @@ export async function buildMaskNetwork(casm: CasmModel, name = 'casm_masker'): P
       continue;
     }
     if (layer.name === 'normalize_lookup') {
-      tf.tidy(() => layer.setWeights([byteTable(s3)]));
+      tf.tidy(() => layer.setWeights([tf.tensor2d(normalizationTable(s3), [256 * s3, 1])]));
       continue;
     }
     const src = sources.get(layer.name);
@@ -188,28 +188,16 @@ export async function buildMaskNetwork(casm: CasmModel, name = 'casm_masker'): P
   return model;
 }
 
-/** normalize() of every byte value v (as v / 255), laid out [channel * 256 + v, 1]. */
-function byteTable(channels: number): tf.Tensor2D {
-  return tf.tidy(() => {
-    const ramp = tf.tensor4d(
-      Float32Array.from({ length: 256 * channels }, (_, i) => Math.floor(i / channels) / 255),
-      [1, 1, 256, channels],
-    );
-    // [1, 1, 256, C] -> [C, 256] -> [C * 256, 1]
-    return tf.transpose(normalize(ramp).reshape([256, channels])).reshape([256 * channels, 1]) as tf.Tensor2D;
-  });
-}
-
 /** Max |a - b| over two tensors of one shape (read back as numbers). */
 export function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): number {
   if (a.shape.join(',') !== b.shape.join(',')) throw new Error(`shapes differ: [${a.shape}] vs [${b.shape}]`);
   return tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
 }
 
-/** Exported network on pixel values (0..255) vs casm.inference(normalize(pixels / 255)): max |diff| of the masks. */
+/** Exported network on pixel values (0..255) vs casm.inference of their model input: max |diff| of the masks. */
 export function compareWithModel(model: tf.LayersModel, casm: CasmModel, pixels: tf.Tensor4D): number {
   const exported = model.predict(pixels) as tf.Tensor4D;
-  const x = tf.tidy(() => normalize(tf.div(pixels, 255)));
+  const x = tf.tensor4d(normalizeBytes(Uint8Array.from(pixels.dataSync()), pixels.shape[3]), pixels.shape);
   const { masks, logits } = casm.inference(x);
   try {
     return maxAbsDiff(exported, masks);

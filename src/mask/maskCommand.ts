@@ -17,9 +17,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { denormalize } from '../data/normalize.js';
 import { maskBox, type Box } from '../boxes.js';
-import { colorize, imagesToRgb, overlay, png } from '../explain/display.js';
+import { colorize, overlay, pixelsToRgb, png } from '../explain/display.js';
 import { expandInputs, loadImages, uniqueStems } from '../explain/images.js';
 import { countShard, openDataset } from '../data/dataset.js';
 import { DataLoader } from '../data/loader.js';
@@ -85,10 +84,10 @@ function drawBox(rgb: Uint8Array, w: number, box: Box): void {
   }
 }
 
-/** One batch to mask: normalised images (rows = `indices` into `ids`) and what could not be read. */
+/** One batch to mask: RGB pixels (images = `indices` into `ids`), what the network takes, and what could not be read. */
 interface ImageBatch {
   ids: { file: string; name: string }[];
-  x: tf.Tensor4D | null;
+  pixels: Uint8Array | null;
   indices: number[];
   /** `counted`: one of the source's `total` images that is not among `ids` (a sample that failed to decode). */
   skipped: { file: string; reason: string; counted: boolean }[];
@@ -121,7 +120,7 @@ function fileSource(inputs: string[], h: number, w: number, batchSize: number): 
         [h, w, 3],
         (file, reason) => skipped.push({ file, reason, counted: false }),
       );
-      yield { ids, x: decoded?.x ?? null, indices: decoded?.indices ?? [], skipped };
+      yield { ids, pixels: decoded?.pixels ?? null, indices: decoded?.indices ?? [], skipped };
     }
   }
   return { describe: `${files.length} file(s)`, total: files.length, batches: batches(), close: async () => {} };
@@ -151,9 +150,9 @@ async function shardSource(data: NonNullable<MaskOptions['data']>, size: number,
   async function* batches(): AsyncGenerator<ImageBatch> {
     for await (const b of loader.batches(0, { dropLast: false })) {
       const ids = b.keys.map((key, i) => ({ file: `${b.sources[i]!.file}@${b.sources[i]!.offset}`, name: nameOf(key) }));
-      yield { ids, x: tf.tensor4d(b.x, [b.n, size, size, 3]), indices: ids.map((_, i) => i), skipped: pending.splice(0) };
+      yield { ids, pixels: b.pixels, indices: ids.map((_, i) => i), skipped: pending.splice(0) };
     }
-    if (pending.length > 0) yield { ids: [], x: null, indices: [], skipped: pending.splice(0) };
+    if (pending.length > 0) yield { ids: [], pixels: null, indices: [], skipped: pending.splice(0) };
   }
   return {
     describe: `${data.spec} (${ds.layout}, ${ds.shards.length} of ${ds.totalShards} shards, ${data.workers} decode workers)`,
@@ -189,26 +188,11 @@ export async function maskCommand(o: MaskOptions): Promise<MaskResult> {
         result.skipped.push(file);
         lines.push(JSON.stringify({ file, skipped: true, reason }));
       }
-      if (batch.x) {
-        const x = batch.x;
-        let values: Float32Array;
-        let pictures: Uint8Array[] = [];
-        try {
-          // images.ts hands out normalised images; the network takes the pixel bytes back (exact after rounding).
-          const x01 = denormalize(x);
-          const pixels = tf.tidy(() => tf.round(tf.mul(x01, 255)));
-          try {
-            const masks = model.predict(pixels) as tf.Tensor4D;
-            values = masks.dataSync() as Float32Array;
-            masks.dispose();
-            checkMasksFinite(values, o.model, batch.ids.map((d) => d.file).join(', '));
-            if (o.png) pictures = imagesToRgb(x01);
-          } finally {
-            tf.dispose([x01, pixels]);
-          }
-        } finally {
-          x.dispose();
-        }
+      if (batch.pixels) {
+        const n = batch.indices.length;
+        const values = tf.tidy(() => (model.predict(tf.tensor4d(Float32Array.from(batch.pixels!), [n, h, w, 3])) as tf.Tensor4D).dataSync() as Float32Array);
+        checkMasksFinite(values, o.model, batch.ids.map((d) => d.file).join(', '));
+        const pictures = o.png ? pixelsToRgb(batch.pixels, n, 3) : [];
         for (const [k, i] of batch.indices.entries()) {
           const { file, name } = batch.ids[i]!;
           const mask = values.slice(k * h * w, (k + 1) * h * w);

@@ -7,11 +7,12 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   CheckpointError,
-  loadCheckpoint,
+  readCheckpoint,
   readCheckpointState,
   removeLeftovers,
   resolveCheckpoint,
   saveCheckpoint,
+  type CheckpointState,
   type RunRecord,
 } from '../checkpoints/checkpoint.js';
 import { lockRun } from '../checkpoints/runLock.js';
@@ -71,9 +72,10 @@ async function train(opts: RunOptions): Promise<RunResult> {
   let config = opts.config;
   let run: RunRecord = { data: opts.data, options: opts.options ?? null };
   let resumeDir: string | null = null;
+  let saved: CheckpointState | null = null;
   if (opts.resume) {
     resumeDir = resolveCheckpoint(opts.resume);
-    const saved = readCheckpointState(resumeDir);
+    saved = readCheckpointState(resumeDir);
     if (architectureKey(saved.config) !== architectureKey(config)) {
       throw new CheckpointError(`${resumeDir}: was trained with ${architectureKey(saved.config)}; this run asks for ${architectureKey(config)}`);
     }
@@ -90,8 +92,13 @@ async function train(opts: RunOptions): Promise<RunResult> {
   const totalSteps = Math.min(config.epochs * stepsPerEpoch, opts.maxSteps ?? Infinity);
 
   const trainer = new CasmTrainer(config);
-  if (resumeDir) {
-    await loadCheckpoint(resumeDir, trainer);
+  if (resumeDir && saved) {
+    const state = readCheckpoint(resumeDir, saved);
+    try {
+      await trainer.restore(state);
+    } catch (e) {
+      throw new CheckpointError(`${resumeDir}: ${(e as Error).message}`, { cause: e });
+    }
     log(`resumed from ${resumeDir} at step ${trainer.step} (pool of ${trainer.pool.snapshots.length}), with its saved configuration`);
   } else if (opts.classifierWeights) {
     loadClassifierWeights(trainer.classifier, opts.classifierWeights);
@@ -127,7 +134,7 @@ async function train(opts: RunOptions): Promise<RunResult> {
   };
   const save = async () => {
     checkHealth(); // nothing non-finite reaches a checkpoint
-    checkpoint = await saveCheckpoint(opts.outDir, trainer, run);
+    checkpoint = saveCheckpoint(opts.outDir, await trainer.state(), run);
   };
   try {
     while (trainer.step < totalSteps) {
