@@ -208,9 +208,8 @@ export function compareWithModel(model: tf.LayersModel, casm: CasmModel, pixels:
 
 // --- quantisation (tfjs's own weight-manifest encodings, decoded by plain tf.io) -------------
 
-function toFloat16Bits(v: number): number {
-  const f = new Float32Array([v]);
-  const x = new Uint32Array(f.buffer)[0];
+/** float32 bits -> float16 bits, rounding to nearest even (IEEE 754); NaN stays a (quiet) NaN. */
+export function toFloat16Bits(x: number): number {
   const sign = (x >>> 16) & 0x8000;
   const exp = (x >>> 23) & 0xff;
   let mant = x & 0x7fffff;
@@ -250,8 +249,9 @@ function quantize(specs: tf.io.WeightsManifestEntry[], data: ArrayBuffer, q: Qua
       out.push(spec);
       continue;
     }
+    const bits = new Uint32Array(v.buffer);
     const h = new Uint16Array(n);
-    for (let i = 0; i < n; i++) h[i] = toFloat16Bits(v[i]);
+    for (let i = 0; i < n; i++) h[i] = toFloat16Bits(bits[i]!);
     parts.push(new Uint8Array(h.buffer));
     out.push({ ...spec, quantization: { dtype: 'float16', original_dtype: 'float32' } } as tf.io.WeightsManifestEntry);
   }
