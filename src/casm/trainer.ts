@@ -231,7 +231,7 @@ export class CasmTrainer {
     if (architectureKey(state.config) !== architectureKey(this.config)) {
       throw new Error(`architecture differs: the state's ${architectureKey(state.config)}, this trainer's ${architectureKey(this.config)}`);
     }
-    const sizes = this.classifier.weights.map((w) => w.shape.reduce((a: number, b) => a * (b as number), 1));
+    const sizes = this.classifier.weights.map((w) => tf.util.sizeFromShape(w.shape as number[]));
     state.pool.forEach((s, j) => {
       if (s.weights.length !== sizes.length || s.weights.some((w, i) => w.length !== sizes[i])) {
         throw new Error(`pool snapshot ${j}: ${s.weights.length} weights that do not fit the classifier's ${sizes.length}`);

@@ -39,6 +39,15 @@ export function normalizationTable(channels: number): Float32Array {
 export function normalizeBytes(pixels: Uint8Array, channels: number): Float32Array {
   const t = normalizationTable(channels);
   const out = new Float32Array(pixels.length);
-  for (let i = 0; i < pixels.length; i++) out[i] = t[(i % channels) * 256 + pixels[i]!]!;
+  if (channels === 1) {
+    for (let i = 0; i < pixels.length; i++) out[i] = t[pixels[i]!]!;
+    return out;
+  }
+  // RGB unrolled, no remainder per value: this runs on every training batch, on the main thread.
+  for (let i = 0; i < pixels.length; i += 3) {
+    out[i] = t[pixels[i]!]!;
+    out[i + 1] = t[256 + pixels[i + 1]!]!;
+    out[i + 2] = t[512 + pixels[i + 2]!]!;
+  }
   return out;
 }

@@ -71,11 +71,11 @@ async function train(opts: RunOptions): Promise<RunResult> {
   const { log } = opts;
   let config = opts.config;
   let run: RunRecord = { data: opts.data, options: opts.options ?? null };
-  let resumeDir: string | null = null;
-  let saved: CheckpointState | null = null;
+  let resume: { dir: string; saved: CheckpointState } | null = null;
   if (opts.resume) {
-    resumeDir = resolveCheckpoint(opts.resume);
-    saved = readCheckpointState(resumeDir);
+    const resumeDir = resolveCheckpoint(opts.resume);
+    const saved = readCheckpointState(resumeDir);
+    resume = { dir: resumeDir, saved };
     if (architectureKey(saved.config) !== architectureKey(config)) {
       throw new CheckpointError(`${resumeDir}: was trained with ${architectureKey(saved.config)}; this run asks for ${architectureKey(config)}`);
     }
@@ -92,14 +92,14 @@ async function train(opts: RunOptions): Promise<RunResult> {
   const totalSteps = Math.min(config.epochs * stepsPerEpoch, opts.maxSteps ?? Infinity);
 
   const trainer = new CasmTrainer(config);
-  if (resumeDir && saved) {
-    const state = readCheckpoint(resumeDir, saved);
+  if (resume) {
+    const state = readCheckpoint(resume.dir, resume.saved);
     try {
       await trainer.restore(state);
     } catch (e) {
-      throw new CheckpointError(`${resumeDir}: ${(e as Error).message}`, { cause: e });
+      throw new CheckpointError(`${resume.dir}: ${(e as Error).message}`, { cause: e });
     }
-    log(`resumed from ${resumeDir} at step ${trainer.step} (pool of ${trainer.pool.snapshots.length}), with its saved configuration`);
+    log(`resumed from ${resume.dir} at step ${trainer.step} (pool of ${trainer.pool.snapshots.length}), with its saved configuration`);
   } else if (opts.classifierWeights) {
     loadClassifierWeights(trainer.classifier, opts.classifierWeights);
     log(`classifier weights from ${opts.classifierWeights}`);
@@ -107,7 +107,7 @@ async function train(opts: RunOptions): Promise<RunResult> {
   mkdirSync(opts.outDir, { recursive: true });
   writeFileAtomic(join(opts.outDir, 'config.json'), JSON.stringify({ ...config, ...run }, null, 2));
   const tb = new SummaryWriter(join(opts.outDir, 'tb'));
-  if (resumeDir) tb.sessionStart(trainer.step + 1);
+  if (resume) tb.sessionStart(trainer.step + 1);
   log(
     `training ${config.thinning}/${config.score} lambda=${Number(config.lambdaR.toPrecision(4))}` +
       (config.maskTerms.tv > 0 || config.maskTerms.maskedIn > 0 ? ` lambda_tv=${config.maskTerms.tv} lambda_in=${config.maskTerms.maskedIn}` : '') +
@@ -119,7 +119,7 @@ async function train(opts: RunOptions): Promise<RunResult> {
 
   const progress = new Progress(totalSteps, trainer.step, config.batchSize);
   let last: StepStats | null = null;
-  let checkpoint = resumeDir ?? '';
+  let checkpoint = resume?.dir ?? '';
   const health = new HealthWatch();
   let checkedAt = -1;
   // Once per step, though a step may both log and checkpoint: a check counts toward saturation.
