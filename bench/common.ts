@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util';
 import { defaultTrainConfig } from '../src/casm/config.js';
 import { CasmTrainer } from '../src/casm/trainer.js';
 import { initEngine, type BackendChoice, type EngineInfo } from '../src/engine/engine.js';
+import { bf16Support, PRECISIONS, type Precision } from '../src/engine/mixedPrecision.js';
 import { SMOOTHGRAD_DEFAULTS } from '../src/explain/smoothGrad.js';
 import { RESNET50, type ResNetConfig } from '../src/models/resnet.js';
 
@@ -22,6 +23,8 @@ export interface Bench {
   warmup: number;
   mode: string | undefined;
   rounds: number;
+  /** As given (bench.ts reads the list); the engine runs the first. */
+  precisions: Precision[];
 }
 
 export async function setupBench(name: string, defaults: { batch: number; warmup: number }): Promise<Bench> {
@@ -39,12 +42,17 @@ export async function setupBench(name: string, defaults: { batch: number; warmup
       // interleaved over `rounds` rounds.
       mode: { type: 'string' },
       rounds: { type: 'string', default: '2' },
+      // bench.ts: the precisions to time (each mode in each); a child gets one.
+      precision: { type: 'string' },
     },
   });
   const size = Number(values.size);
+  // By default fp32, and bf16 too where the CPU has it (elsewhere it would be a slow emulation).
+  const precisions = (values.precision ?? (bf16Support().ok ? 'fp32,bf16' : 'fp32')).split(',') as Precision[];
+  for (const p of precisions) if (!(PRECISIONS as readonly string[]).includes(p)) throw new Error(`--precision ${p}: valid are ${PRECISIONS.join(', ')}`);
   const arch = { depths: values.depths!.split(',').map(Number), width: Number(values.width), classes: 1000, inputSize: size };
   const bench: Bench = {
-    engine: await initEngine(values.backend as BackendChoice),
+    engine: await initEngine(values.backend as BackendChoice, undefined, undefined, precisions[0]),
     trainer: new CasmTrainer(defaultTrainConfig({ arch, thinning: 'L100', batchSize: Number(values.batch) })),
     arch,
     batch: Number(values.batch),
@@ -54,6 +62,7 @@ export async function setupBench(name: string, defaults: { batch: number; warmup
     warmup: Number(values.warmup),
     mode: values.mode,
     rounds: Number(values.rounds),
+    precisions,
   };
   // f' as the reference's default (--choice alternate): the current classifier on even iterations,
   // the snapshot on odd ones, so both engines time the same mix (the pool's own draw is random).
@@ -63,7 +72,7 @@ export async function setupBench(name: string, defaults: { batch: number; warmup
   const { engine } = bench;
   console.log(
     `${name}: backend ${engine.backend}${engine.tensorflowVersion ? ` (libtensorflow ${engine.tensorflowVersion})` : ''}, ` +
-      `ResNet depths [${arch.depths}] width ${arch.width} at ${size}px, batch ${bench.batch}, ` +
+      `ResNet depths [${arch.depths}] width ${arch.width} at ${size}px, batch ${bench.batch}, precision ${engine.precision}, ` +
       `${bench.warmup} warm-up + ${bench.steps} timed calls each`,
   );
   return bench;

@@ -1,10 +1,11 @@
 /** The command line as a user meets it: help with defaults, exit code 2 for bad invocations. */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { bf16Support, EMULATION_ENV } from '../src/engine/mixedPrecision.js';
 import { repoRoot } from './helpers/python.js';
 import { TINY_TRAIN_FLAGS } from './helpers/tinyFlags.js';
 
@@ -60,13 +61,32 @@ test('--training-path picks the training path, says so and records it in config.
   const tiny = [...TINY_TRAIN_FLAGS, '--val-count', '8', '--backend', 'tensorflow'];
   const r = casm('train', ...tiny, '--training-path', 'composed', '--out', out);
   assert.equal(r.code, 0, r.err);
-  assert.match(r.out + r.err, /engine: backend=tensorflow .*; training: tfjs composed ops\n/);
+  assert.match(r.out + r.err, /engine: backend=tensorflow .*; training: tfjs composed ops; precision fp32\n/);
   const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { options: { trainingPath: string } };
   assert.equal(config.options.trainingPath, 'composed');
   const fusedHelp = casm('train', '--help').out.replace(/\s+/g, ' ');
   assert.match(fusedHelp, /--training-path <path> .*\(choices: "fused", "composed", default: "fused"\)/);
   const aliasHelp = casmWith({ ...process.env, CASM_FUSED: '0' }, 'train', '--help').out.replace(/\s+/g, ' ');
   assert.match(aliasHelp, /--training-path <path> .*\(choices: "fused", "composed", default: "composed"\)/);
+});
+
+test('--precision bf16: refused with the reason where the CPU would emulate it; run (emulated on request) and recorded in config.json', () => {
+  const tiny = [...TINY_TRAIN_FLAGS, '--val-count', '8', '--backend', 'tensorflow', '--precision', 'bf16'];
+  const env = { ...process.env };
+  delete env[EMULATION_ENV];
+  if (!bf16Support().ok) {
+    const refused = casmWith(env, 'train', ...tiny, '--out', join(tmp, 'bf16-refused'));
+    assert.equal(refused.code, 1);
+    assert.match(refused.err, /--precision bf16: .* has neither AMX-BF16 nor AVX512-BF16 .*Use --precision fp32, or set CASM_BF16_EMULATION=1/);
+    assert.equal(existsSync(join(tmp, 'bf16-refused', 'config.json')), false, 'nothing written');
+    env[EMULATION_ENV] = '1';
+  }
+  const out = join(tmp, 'bf16');
+  const r = casmWith(env, 'train', ...tiny, '--out', out);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /; precision bf16 \(convolutions and their gradients in bfloat16, the rest float32; /);
+  const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { precision: string; options: { precision: string } };
+  assert.deepEqual([config.precision, config.options.precision], ['bf16', 'bf16']);
 });
 
 test('casm --help names the train command', () => {

@@ -32,6 +32,9 @@ test.after(() => {
   rmSync(root, { recursive: true, force: true });
 });
 const env = { ...process.env, SLURM_CONF: started.stdout.trim() };
+// Shard jobs and the one process they are compared with on one thread each: on some CPUs (an AMD
+// EPYC of the Zen 3 generation) even inference rounds differently with the thread count.
+const oneThread = { ...process.env, TF_NUM_INTRAOP_THREADS: '1' };
 const runDir = join(root, 'run');
 await trainTinyRun(runDir);
 
@@ -56,11 +59,15 @@ test('Slurm: an array of 3 shard jobs and a merge job after them give the one-pr
     backend,
   ];
   const whole = join(root, 'whole');
-  const single = run('node', [join(repo, 'dist', 'src', 'cli.js'), 'eval', 'localization', ...evalArgs, '--out', whole]);
+  const single = run('node', [join(repo, 'dist', 'src', 'cli.js'), 'eval', 'localization', ...evalArgs, '--out', whole], oneThread);
   assert.equal(single.status, 0, single.stderr);
 
   const out = join(root, 'sharded');
-  const r = run('bash', [join(repo, 'scripts', 'slurm', 'eval.sh'), 'localization', '--shards', '3', '--out', out, '--wait', '--', ...evalArgs], env);
+  const r = run('bash', [join(repo, 'scripts', 'slurm', 'eval.sh'), 'localization', '--shards', '3', '--out', out, '--wait', '--', ...evalArgs], {
+    ...env,
+    ...oneThread,
+    SLURM_CONF: env.SLURM_CONF,
+  });
   assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}\n${logs(out)}`);
   assert.match(r.stdout, /array: job \d+ \(tasks 0-2, /);
   for (let i = 0; i < 3; i++) assert.ok(existsSync(join(out, `shard-${i}`, 'share.json')), `shard ${i} wrote its share`);
@@ -72,10 +79,14 @@ test('Slurm: an array of 3 shard jobs and a merge job after them give the one-pr
 
   const clsArgs = ['--checkpoint', runDir, '--limit', '12', '--batch-size', '4', '--examples', '3', '--workers', '1', '--backend', backend];
   const clsWhole = join(root, 'cls-whole');
-  const clsSingle = run('node', [join(repo, 'dist', 'src', 'cli.js'), 'eval', 'classifiers', ...clsArgs, '--out', clsWhole]);
+  const clsSingle = run('node', [join(repo, 'dist', 'src', 'cli.js'), 'eval', 'classifiers', ...clsArgs, '--out', clsWhole], oneThread);
   assert.equal(clsSingle.status, 0, clsSingle.stderr);
   const clsOut = join(root, 'cls-sharded');
-  const c = run('bash', [join(repo, 'scripts', 'slurm', 'eval.sh'), 'classifiers', '--shards', '2', '--out', clsOut, '--wait', '--', ...clsArgs], env);
+  const c = run('bash', [join(repo, 'scripts', 'slurm', 'eval.sh'), 'classifiers', '--shards', '2', '--out', clsOut, '--wait', '--', ...clsArgs], {
+    ...env,
+    ...oneThread,
+    SLURM_CONF: env.SLURM_CONF,
+  });
   assert.equal(c.status, 0, `${c.stdout}\n${c.stderr}\n${logs(clsOut)}`);
   assert.deepEqual(sameReport(clsOut, clsWhole, ['examples.png', 'top1.png']), { figures: true, markdown: true, pngs: [] });
   assert.equal(readJson<ClassifiersReport>(join(clsOut, 'report.json')).shards, 2);

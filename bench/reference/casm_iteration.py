@@ -431,6 +431,15 @@ def run_mode(mode, args):
         def step():
             scored.append(casm.iteration(x, y)["scored_by"])
 
+    if args.autocast == "bf16":
+        # Forward and backward alike run under autocast: a backward op runs in the dtype autocast
+        # chose for its forward op either way (PyTorch's autocast notes).
+        plain_step = step
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                plain_step()
+
     rss_setup = current_rss_mb()
     for _ in range(args.warmup):
         step()
@@ -471,6 +480,7 @@ def child_argv(mode, args):
         *(["--interop-threads", str(args.interop_threads)] if args.interop_threads else []),
         *(["--lambda", str(args.lam)] if args.lam is not None else []),
         *(["--channels-last"] if args.channels_last else []),
+        "--autocast", args.autocast,
     ]
 
 
@@ -483,6 +493,7 @@ def bench(args):
             "lambda": args.lam if args.lam is not None else default_lambda(args.classes), "thinning": "L100",
             "score": "entropy", "classifier_step": "joint", "choice": args.choice,
             "memory_format": "channels_last" if args.channels_last else "contiguous (NCHW)",
+            "autocast": args.autocast,
             "isolated": not args.no_isolate,
         },
         "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
@@ -670,6 +681,8 @@ def main():
     p.add_argument("--choice", choices=("alternate", "random"), default="alternate", help="how f' is drawn (see above)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for models and input (default NCHW)")
+    p.add_argument("--autocast", choices=("off", "bf16"), default="off",
+                   help="bf16: every step under torch.autocast('cpu', dtype=torch.bfloat16), as a PyTorch user on a CPU with AMX/AVX512-BF16 would run it")
     p.add_argument("--mode", choices=("all",) + MODES, default="all")
     p.add_argument("--no-isolate", action="store_true", help="run the modes in this process, not one subprocess each")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -53,6 +53,8 @@ export interface TrainConfig {
   classifierStep: ClassifierStep;
   /** SmoothGrad-style input noise level s for the classifier's training inputs; 0 = off. */
   trainNoise: number;
+  /** Probability that a warm-up batch is CutMix'd (cutMix.ts); 0 = off. */
+  cutMix: number;
   /**
    * Iterations that train the classifier alone (clean cross-entropy) before CASM starts. The
    * paper starts from a pretrained classifier; a masker scored against an untrained one learns
@@ -92,6 +94,7 @@ export function defaultTrainConfig(overrides: Partial<TrainConfig> = {}): TrainC
     maskerImages: 'correct',
     classifierStep: 'joint',
     trainNoise: 0,
+    cutMix: 0,
     warmupSteps: 0,
     optim: DEFAULT_OPTIM,
     batchSize: 128,

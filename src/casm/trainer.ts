@@ -9,6 +9,7 @@ import type { Masker } from '../models/masker.js';
 import { buildResNet } from '../models/resnet.js';
 import { setWeightArrays, weightArrays } from '../models/weightArrays.js';
 import { Rng } from '../util/rng.js';
+import { cutMix, mixedCrossEntropy } from './cutMix.js';
 import { stopGradient } from '../util/stopGradient.js';
 import { architectureKey, learningRates, type TrainConfig } from './config.js';
 import { optimizerArrays, setOptimizerArrays } from './optimizerState.js';
@@ -94,13 +95,14 @@ export class CasmTrainer {
     return this.step < this.config.warmupSteps ? this.warmup(x, y) : this.casmIteration(x, y);
   }
 
-  /** Classifier alone on clean images: SGD on the cross-entropy. */
+  /** Classifier alone on clean images: SGD on the cross-entropy (CutMix'd batches with probability cutMix). */
   private warmup(x: tf.Tensor4D, y: tf.Tensor1D): StepStats {
     const lr = this.scheduleLearningRates();
     const [loss, acc] = tf.tidy(() => {
       const { loss, aside: logits } = this.classifierUpdate(() => {
-        const logits = tf.keep(this.model.classify(this.noisy(x), true).logits);
-        return { loss: crossEntropy(logits, y), aside: logits };
+        const mix = this.config.cutMix > 0 && this.rng.next() < this.config.cutMix ? cutMix(x, y, this.rng) : null;
+        const logits = tf.keep(this.model.classify(this.noisy(mix?.x ?? x), true).logits);
+        return { loss: mix ? mixedCrossEntropy(logits, y, mix) : crossEntropy(logits, y), aside: logits };
       });
       const acc = tf.mean(correct(logits, y));
       logits.dispose();

@@ -93,7 +93,7 @@ export function registerExperiment(program: Command, argv: string[]): void {
       // The protocol trains with thinning L unless told otherwise.
       const thinning = cmd.getOptionValueSource('thinning') === 'default' ? 'L' : o.thinning;
       const log = (line: string) => console.log(line);
-      await initEngine(o.backend, log, o.trainingPath);
+      await initEngine(o.backend, log, o.trainingPath, o.precision);
       const { plan, classes: numClasses } = dataPlanFrom(o);
       await runUnseen({
         out: o.out!,
@@ -132,7 +132,7 @@ export function registerExperiment(program: Command, argv: string[]): void {
       checkExperimentOptions('sweep', o);
       if (o.lambdaR !== undefined) throw new UsageError('experiment sweep: give lambda_R values with --lambdas, not --lambda-r');
       const log = (line: string) => console.log(line);
-      await initEngine(o.backend, log, o.trainingPath);
+      await initEngine(o.backend, log, o.trainingPath, o.precision);
       const { plan, classes } = dataPlanFrom(o);
       await runSweep({
         out: o.out!,

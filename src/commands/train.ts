@@ -27,6 +27,7 @@ import { resolveDataSpec } from '../data/spec.js';
 import { readCheckpointState, resolveCheckpoint } from '../checkpoints/checkpoint.js';
 import { assertUnlocked } from '../checkpoints/runLock.js';
 import { BACKEND_CHOICES, defaultTrainingPath, initEngine, TRAINING_PATHS, type BackendChoice, type TrainingPath } from '../engine/engine.js';
+import { PRECISIONS, type Precision } from '../engine/mixedPrecision.js';
 import { MASK_STRIDES, type MaskStride, type Upsample } from '../models/masker.js';
 import { UsageError } from '../util/usageError.js';
 import { int, intList, num, presetHelp, presetOf, requirePaths, stride } from './options.js';
@@ -64,6 +65,7 @@ export interface TrainOptions {
   preset?: PresetName;
   classifierStep: ClassifierStep;
   trainNoise: number;
+  cutmix: number;
   warmupSteps?: number;
   batchSize?: number;
   epochs?: number;
@@ -84,6 +86,7 @@ export interface TrainOptions {
   seed: number;
   backend: BackendChoice;
   trainingPath: TrainingPath;
+  precision: Precision;
 }
 
 /** The resolved configuration: options given win, the rest comes from the data's preset. */
@@ -101,6 +104,7 @@ export function trainConfigFrom(o: TrainOptions, classes: number): TrainConfig {
     maskerImages: o.maskerImages ?? p.maskerImages,
     classifierStep: o.classifierStep,
     trainNoise: o.trainNoise,
+    cutMix: o.cutmix,
     warmupSteps: o.warmupSteps ?? p.warmupSteps,
     optim: {
       ...DEFAULT_OPTIM,
@@ -213,6 +217,7 @@ export function withTrainOptions(cmd: Command): Command {
       new Option('--classifier-step <kind>', "classifier update: eq. 8 'joint' or the reference's 'two-step'").choices(['joint', 'two-step']).default('joint'),
     )
     .option('--train-noise <s>', 'Gaussian input noise level for the classifier (SmoothGrad 3.5); 0 = off', num(0, 10), 0)
+    .option('--cutmix <p>', "probability that a warm-up batch is CutMix'd (a box pasted from another image, labels mixed by area); 0 = off", num(0, 1), 0)
     .option('--warmup-steps <n>', `iterations of classifier-only training before CASM${presetHelp('warmupSteps')}`, int(0))
     .option('--batch-size <n>', `images per iteration${presetHelp('batchSize')}`, int(1))
     .option('--epochs <n>', `epochs${presetHelp('epochs')}`, int(1))
@@ -239,6 +244,14 @@ export function withTrainOptions(cmd: Command): Command {
       )
         .choices(TRAINING_PATHS)
         .default(defaultTrainingPath()),
+    )
+    .addOption(
+      new Option(
+        '--precision <p>',
+        'bf16: convolutions and their gradients in bfloat16, weights, BatchNorm and losses in float32 (native engine, a CPU with AMX-BF16 or AVX512-BF16)',
+      )
+        .choices(PRECISIONS)
+        .default('fp32'),
     );
 }
 
@@ -254,6 +267,7 @@ export const RUNTIME_OPTIONS = new Set<keyof TrainOptions>([
   'prefetch',
   'backend',
   'trainingPath',
+  'precision',
 ]);
 
 /**
@@ -318,7 +332,7 @@ export function registerTrain(program: Command, _argv: string[]): void {
       const log = (line: string) => console.log(line);
       const o = given.resume ? resumedOptions(given, cmd, log) : given;
       checkTrainOptions(o);
-      await initEngine(o.backend, log, o.trainingPath);
+      await initEngine(o.backend, log, o.trainingPath, o.precision);
       const { plan, classes } = dataPlanFrom(o);
       const config = trainConfigFrom(o, classes);
       if (plan.kind === 'shards' && !o.classifierWeights && !o.resume && config.warmupSteps === 0) {

@@ -23,6 +23,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { trainingPath as trainingPathText } from './fusedTraining.js';
+import { bf16Route, PrecisionUnavailable, type Precision } from './mixedPrecision.js';
 import { install } from './patches.js';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -47,6 +48,8 @@ export interface EngineInfo {
   tensorflowVersion: string | null;
   /** Set when auto fell back to the slow pure-JS backend (also logged and printed to stderr). */
   warning: string | null;
+  /** What the convolutions run in (mixedPrecision.ts). */
+  precision: Precision;
 }
 
 type NativeChoice = 'tensorflow' | 'tensorflow-gpu';
@@ -179,16 +182,22 @@ export async function initEngine(
   choice: BackendChoice,
   log: (line: string) => void = defaultLog,
   trainingPath: TrainingPath = defaultTrainingPath(),
+  precision: Precision = 'fp32',
 ): Promise<EngineInfo> {
   if (!(BACKEND_CHOICES as readonly string[]).includes(choice)) {
     throw new Error(`unknown backend '${String(choice)}': valid choices are ${BACKEND_CHOICES.join(', ')}`);
   }
+  const bf16 = precision === 'bf16';
+  if (bf16 && choice === 'cpu')
+    throw new PrecisionUnavailable('--precision bf16 needs the native engine (--backend tensorflow): the pure-JS cpu backend has no bfloat16');
+  if (bf16 && trainingPath !== 'fused')
+    throw new PrecisionUnavailable('--precision bf16 runs on the fused training path: drop --training-path composed (or CASM_FUSED=0)');
 
   if (choice === 'cpu') {
     install('composed');
     await useCpu();
     log(`engine: backend=cpu pure-JS (TensorFlow.js ${tf.version_core}), chosen explicitly`);
-    return { backend: tf.getBackend(), native: false, tensorflowVersion: null, warning: null };
+    return { backend: tf.getBackend(), native: false, tensorflowVersion: null, warning: null, precision };
   }
 
   const candidates: NativeChoice[] = choice === 'auto' ? ['tensorflow-gpu', 'tensorflow'] : [choice];
@@ -196,11 +205,14 @@ export async function initEngine(
   for (const c of candidates) {
     try {
       const got = await loadNative(c);
-      install(trainingPath);
-      log(`engine: backend=${tf.getBackend()} native libtensorflow ${got.tfVersion} (${got.pkg} ${got.pkgVersion}); training: ${trainingPathText()}`);
-      return { backend: tf.getBackend(), native: true, tensorflowVersion: got.tfVersion, warning: null };
+      const route = bf16 ? ` (${bf16Route(c === 'tensorflow-gpu' ? 'gpu' : 'cpu')})` : '';
+      install(trainingPath, precision);
+      log(
+        `engine: backend=${tf.getBackend()} native libtensorflow ${got.tfVersion} (${got.pkg} ${got.pkgVersion}); training: ${trainingPathText()}; precision ${precision}${route}`,
+      );
+      return { backend: tf.getBackend(), native: true, tensorflowVersion: got.tfVersion, warning: null, precision };
     } catch (err) {
-      if (choice !== 'auto') throw err;
+      if (choice !== 'auto' || err instanceof PrecisionUnavailable) throw err;
       // auto: an absent GPU package is the normal case, not worth a word.
       if (!(err instanceof Unavailable && err.notInstalled && c === 'tensorflow-gpu')) {
         reasons.push(err instanceof Unavailable ? err.reason : firstLine(err));
@@ -208,6 +220,8 @@ export async function initEngine(
     }
   }
 
+  if (bf16)
+    throw new PrecisionUnavailable(`--precision bf16 needs the native engine, which is unavailable: ${reasons.join(' | ')}. Fix: bash scripts/setup.sh`);
   install('composed');
   await useCpu();
   const warning =
@@ -219,5 +233,5 @@ export async function initEngine(
   log(banner);
   if (log !== defaultLog) process.stderr.write(banner + '\n');
   log(`engine: backend=cpu pure-JS (TensorFlow.js ${tf.version_core}), native engine unavailable`);
-  return { backend: tf.getBackend(), native: false, tensorflowVersion: null, warning };
+  return { backend: tf.getBackend(), native: false, tensorflowVersion: null, warning, precision };
 }

@@ -16,24 +16,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { setReleasingBackprop } from './backprop.js';
-
-interface TfeAttr {
-  name: string;
-  type: number;
-  value: number | string | boolean;
-}
-
-/** The part of tfjs-node's backend used here: run any TensorFlow op by name. */
-interface NativeBackend {
-  binding: Record<string, number>;
-  executeSingleOutput(name: string, attrs: TfeAttr[], inputs: tf.Tensor[]): tf.Tensor;
-  executeMultipleOutputs(name: string, attrs: TfeAttr[], inputs: tf.Tensor[], outputs: number): tf.Tensor[];
-}
-
-function nativeBackend(): NativeBackend | null {
-  const b = tf.backend() as unknown as Partial<NativeBackend>;
-  return tf.getBackend() === 'tensorflow' && typeof b.executeMultipleOutputs === 'function' ? (b as NativeBackend) : null;
-}
+import { conv2dBf16, convPrecision } from './mixedPrecision.js';
+import { nativeBackend, type NativeBackend, type TfeAttr } from './native.js';
 
 function batchNormAttrs(b: NativeBackend, epsilon: number): TfeAttr[] {
   const { TF_ATTR_TYPE, TF_ATTR_FLOAT, TF_ATTR_STRING, TF_ATTR_BOOL, TF_FLOAT } = b.binding as Record<string, number>;
@@ -191,7 +175,8 @@ const plainConv2dCall = conv2dPrototype.call;
  * through f' to its input only, so that wasted a Conv2DBackpropFilter per classifier convolution
  * (and the classifier step an input gradient of the stem). tf.conv2d's registered gradient
  * computes only what the tape asks for; forward, the kernels are the ones tfjs-node's
- * FusedConv2D runs (convolution, bias add, activation).
+ * FusedConv2D runs (convolution, bias add, activation). Under --precision bf16 the convolution
+ * and its gradients run in bfloat16 (mixedPrecision.ts).
  */
 const lazyGradConv2dCall: ConvCall = function (inputs, kwargs) {
   if (this.dataFormat !== 'channelsLast' || this.padding === 'causal' || nativeBackend() === null) {
@@ -199,7 +184,11 @@ const lazyGradConv2dCall: ConvCall = function (inputs, kwargs) {
   }
   return tf.tidy(() => {
     const x = (Array.isArray(inputs) ? inputs[0] : inputs) as tf.Tensor4D;
-    const conv = tf.conv2d(x, this.kernel.read(), this.strides, this.padding as 'same' | 'valid', 'NHWC', this.dilationRate);
+    const pad = this.padding as 'same' | 'valid';
+    const conv =
+      convPrecision() === 'bf16'
+        ? conv2dBf16(x, this.kernel.read(), this.strides, pad, this.dilationRate)
+        : tf.conv2d(x, this.kernel.read(), this.strides, pad, 'NHWC', this.dilationRate);
     return this.activation.apply(this.bias == null ? conv : tf.add(conv, this.bias.read()));
   });
 };

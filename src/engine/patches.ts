@@ -1,12 +1,15 @@
 /**
  * The engine patches in one place. backprop.ts replaces tfjs-core's Engine.gradients;
  * fusedTraining.ts replaces the call of the BatchNormalization, Conv2D and Add layers of
- * tfjs-layers and re-registers two gradients (Relu, FusedBatchNorm). Both reach into internals
- * (the tape's fields, layer prototypes, kernel names) that tfjs does not promise to keep, so they
+ * tfjs-layers and re-registers two gradients (Relu, FusedBatchNorm); mixedPrecision.ts registers
+ * a bfloat16 convolution kernel on the native backend and calls TensorFlow handles through
+ * tfjs-node's binding. They reach into internals (the tape's fields, layer prototypes, kernel
+ * names, the binding's calls) that tfjs does not promise to keep, so they
  * are installed only on the tfjs they were written and tested for: package.json pins it.
  */
 import * as tf from '@tensorflow/tfjs';
 import { setFusedTraining } from './fusedTraining.js';
+import { setPrecision, type Precision } from './mixedPrecision.js';
 
 /** The tfjs release the patches were written for (every component of it). */
 export const PATCHED_TFJS = '4.22.0';
@@ -27,9 +30,11 @@ export function checkTfjsVersion(versions: Record<string, string> = tf.version):
 
 /**
  * The training path: 'fused' (the native engine's fused kernels, lazy gradients, the backward
- * pass that frees as it goes) or 'composed' (tfjs as it is written). Checks the tfjs version first.
+ * pass that frees as it goes) or 'composed' (tfjs as it is written), and the precision of the
+ * convolutions (bf16 on the fused path only: engine.ts checks). Checks the tfjs version first.
  */
-export function install(path: 'fused' | 'composed'): void {
+export function install(path: 'fused' | 'composed', precision: Precision = 'fp32'): void {
   checkTfjsVersion();
   setFusedTraining(path === 'fused');
+  setPrecision(precision);
 }

@@ -23,6 +23,7 @@ import { Progress } from '../log/progress.js';
 import { SummaryWriter } from '../log/tensorboard.js';
 import { loadClassifierWeights } from '../models/weights.js';
 import { writeFileAtomic } from '../util/atomicWrite.js';
+import { convPrecision } from '../engine/mixedPrecision.js';
 import { architectureKey, type TrainConfig } from '../casm/config.js';
 import { openTrainData, type DataPlan, type HeldOut, type TrainData } from '../data/trainData.js';
 import { HealthWatch } from '../casm/divergence.js';
@@ -105,7 +106,8 @@ async function train(opts: RunOptions): Promise<RunResult> {
     log(`classifier weights from ${opts.classifierWeights}`);
   }
   mkdirSync(opts.outDir, { recursive: true });
-  writeFileAtomic(join(opts.outDir, 'config.json'), JSON.stringify({ ...config, ...run }, null, 2));
+  // The precision is this session's (a resume may change it): the weights are float32 either way.
+  writeFileAtomic(join(opts.outDir, 'config.json'), JSON.stringify({ ...config, ...run, precision: convPrecision() }, null, 2));
   const tb = new SummaryWriter(join(opts.outDir, 'tb'));
   if (resume) tb.sessionStart(trainer.step + 1);
   log(
@@ -113,6 +115,7 @@ async function train(opts: RunOptions): Promise<RunResult> {
       (config.maskTerms.tv > 0 || config.maskTerms.maskedIn > 0 ? ` lambda_tv=${config.maskTerms.tv} lambda_in=${config.maskTerms.maskedIn}` : '') +
       (config.bnStatistics === 'clean' ? ', classifier BatchNorm statistics of clean images' : '') +
       (config.maskerImages === 'all' ? ', masker trained on all images' : '') +
+      (config.cutMix > 0 ? `, CutMix on ${config.cutMix} of the warm-up batches` : '') +
       `, ${config.warmupSteps} warm-up steps on ${data.describe}, ` +
       `batch ${config.batchSize}, ${stepsPerEpoch} steps/epoch, steps ${trainer.step}..${totalSteps}; logs: ${tb.logdir}`,
   );
