@@ -9,7 +9,7 @@ import * as tf from '@tensorflow/tfjs';
 import { defaultTrainConfig } from '../src/casm/config.js';
 import { cutMix, cutMixBox, mixedCrossEntropy } from '../src/casm/cutMix.js';
 import { CasmTrainer } from '../src/casm/trainer.js';
-import type { Rng } from '../src/util/rng.js';
+import { Rng } from '../src/util/rng.js';
 import { useTestBackend } from './helpers/backend.js';
 
 await useTestBackend();
@@ -21,7 +21,9 @@ function scripted(values: number[]): Rng {
     if (q.length === 0) throw new Error('script exhausted');
     return q.shift()!;
   };
-  return { next: take, int: (n: number) => Math.min(n - 1, take()) } as unknown as Rng;
+  const rng = { next: take, int: (n: number) => Math.min(n - 1, take()) } as unknown as Rng;
+  rng.permutation = Rng.prototype.permutation.bind(rng);
+  return rng;
 }
 
 test('cutMixBox: sides sqrt(1 - lambda) of the image, centred where drawn, clipped; kept = 1 - box area', () => {

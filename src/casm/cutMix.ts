@@ -36,16 +36,6 @@ export function cutMixBox(height: number, width: number, rng: Rng): { box: Box; 
   return { box, kept: 1 - ((box.y1 - box.y0) * (box.x1 - box.x0)) / (height * width) };
 }
 
-/** A permutation of 0..n-1 (Fisher-Yates). */
-function permutation(n: number, rng: Rng): number[] {
-  const p = [...Array(n).keys()];
-  for (let i = n - 1; i > 0; i--) {
-    const j = rng.int(i + 1);
-    [p[i], p[j]] = [p[j]!, p[i]!];
-  }
-  return p;
-}
-
 /** A batch mixed by CutMix: its images, the label of each pasted box, and the area weight of the own label. */
 export interface Mix {
   x: tf.Tensor4D;
@@ -57,7 +47,7 @@ export interface Mix {
 export function cutMix(x: tf.Tensor4D, y: tf.Tensor1D, rng: Rng): Mix {
   const [n, height, width] = x.shape;
   const { box, kept } = cutMixBox(height, width, rng);
-  const order = permutation(n, rng);
+  const order = rng.permutation(n);
   const inBox = tf.buffer([1, height, width, 1]);
   for (let r = box.y0; r < box.y1; r++) for (let c = box.x0; c < box.x1; c++) inBox.set(1, 0, r, c, 0);
   return tf.tidy(() => {

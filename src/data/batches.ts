@@ -51,15 +51,7 @@ export function toBatch(set: ClutteredSet, indices: number[], opts: { channels?:
  */
 export function* batchIndices(n: number, batchSize: number, rng: Rng, shuffle = true, dropLast = true): Generator<number[], void, undefined> {
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`batchIndices: bad batch size ${batchSize}`);
-  const order = Array.from({ length: n }, (_, i) => i);
-  if (shuffle) {
-    for (let i = n - 1; i > 0; i--) {
-      const j = rng.int(i + 1);
-      const t = order[i]!;
-      order[i] = order[j]!;
-      order[j] = t;
-    }
-  }
+  const order = shuffle ? rng.permutation(n) : Array.from({ length: n }, (_, i) => i);
   for (let s = 0; s < n; s += batchSize) {
     if (s + batchSize > n && dropLast) return;
     yield order.slice(s, s + batchSize);
