@@ -12,7 +12,9 @@ import * as tf from '@tensorflow/tfjs';
 import { readCheckpointState } from '../src/checkpoints/checkpoint.js';
 import { defaultTrainConfig } from '../src/casm/config.js';
 import { runTraining, type RunOptions } from '../src/train/train.js';
-import type { ShardsPlan } from '../src/data/trainData.js';
+import { openTrainData, type ShardsPlan } from '../src/data/trainData.js';
+import { openEvalData, type EvalBatch } from '../src/eval/evalData.js';
+import { seedFrom } from '../src/util/rng.js';
 import { webDatasetEntries, writeTar, type TarEntry } from '../src/data/tar.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { useTestBackend } from './helpers/backend.js';
@@ -151,4 +153,32 @@ test('shards: a corrupt JPEG and an unlabelled image are skipped, counted in the
   res.trainer.classifier.dispose();
   for (const m of res.trainer.masker.models) m.dispose();
   writeFileSync(join(root, 'done'), '');
+});
+
+test('shards: the held-out images are the evaluation images, normalised as the evaluation normalises them', async () => {
+  // Once, the held-out check fed raw 0..255 pixels to the classifier (accuracy at chance while
+  // `casm eval` of the same checkpoint gave 0.50): its input must equal the evaluation's.
+  const spec = await shards(join(root, 'held'), false);
+  const plan: ShardsPlan = { ...(options(join(root, 'held-run'), spec).data as ShardsPlan), val: spec };
+  const data = await openTrainData(plan, { size: 32, batchSize: 8, seed: 5, log: () => {} });
+  const evalData = await openEvalData({ spec, size: 32, preprocess: 'eval', limit: 8, seed: seedFrom('held-out', 5), workers: 2, batchSize: 8 });
+  try {
+    const x = data.heldOut.batch([0, 1, 2, 3, 4, 5, 6, 7]);
+    const ours = x.dataSync() as Float32Array;
+    x.dispose();
+    const batches: EvalBatch[] = [];
+    for await (const b of evalData.batches()) batches.push(b);
+    assert.equal(batches.length, 1);
+    assert.deepEqual(Array.from(data.heldOut.labels), Array.from(batches[0]!.labels));
+    assert.equal(ours.length, batches[0]!.x.length);
+    let maxDiff = 0;
+    for (let i = 0; i < ours.length; i++) maxDiff = Math.max(maxDiff, Math.abs(ours[i]! - batches[0]!.x[i]!));
+    assert.equal(maxDiff, 0);
+    // And by hand: pixel 0 of image 0, channel 0, is (v / 255 - 0.485) / 0.229.
+    const v = batches[0]!.pixels[0]!;
+    assert.ok(Math.abs(ours[0]! - (v / 255 - 0.485) / 0.229) < 1e-6, `${ours[0]} for pixel ${v}`);
+  } finally {
+    await data.close();
+    await evalData.close();
+  }
 });

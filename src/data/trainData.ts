@@ -7,6 +7,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { loadCluttered, type ClutteredSet } from './clutteredMnist.js';
 import { toBatch } from './batches.js';
+import { normalizeBytes } from './preprocess.js';
 import { countShard, openDataset, type DatasetOptions } from './dataset.js';
 import { DataLoader, type HostBatch } from './loader.js';
 import type { Problem, Problems } from './samples.js';
@@ -83,13 +84,7 @@ export function openTrainData(plan: DataPlan, o: OpenOptions): Promise<TrainData
 
 /** Samples of the epoch-`epoch` permutation, batch `b`: a pure function of (seed, epoch). */
 function batchAt(n: number, batchSize: number, seed: number, epoch: number, b: number): number[] {
-  const rng = new Rng((seed * 1_000_003 + epoch) >>> 0);
-  const perm = Array.from({ length: n }, (_, i) => i);
-  for (let i = n - 1; i > 0; i--) {
-    const j = rng.int(i + 1);
-    [perm[i], perm[j]] = [perm[j]!, perm[i]!];
-  }
-  return perm.slice(b * batchSize, (b + 1) * batchSize);
+  return new Rng((seed * 1_000_003 + epoch) >>> 0).permutation(n).slice(b * batchSize, (b + 1) * batchSize);
 }
 
 /** The ground truth of digit image i: its one box. */
@@ -230,12 +225,13 @@ async function shardsHeldOut(
   const ds = openDataset(plan.val ?? plan.train, plan.val ? plan.valOptions : plan.trainOptions);
   const loader = new DataLoader(ds, { ...loaderOptions, preprocess: 'eval', shuffleBuffer: 0, seed: seedFrom('held-out', o.seed) });
   const per = o.size * o.size * 3;
-  const x = new Float32Array(plan.valCount * per);
+  // Pixels, as the loader gives them; normalised per batch, as the evaluation does.
+  const pixels = new Uint8Array(plan.valCount * per);
   const labels: number[] = [];
   const boxes: Box[][] = [];
   try {
     for await (const s of loader.samples(0, { limit: plan.valCount })) {
-      x.set(s.data, labels.length * per);
+      pixels.set(s.data, labels.length * per);
       labels.push(s.label);
       boxes.push((s.boxes ?? []).map((b): Box => [b[0], b[1], b[2], b[3]]));
     }
@@ -254,9 +250,9 @@ async function shardsHeldOut(
     labels: Int32Array.from(labels),
     boxes,
     batch(indices) {
-      const data = new Float32Array(indices.length * per);
-      indices.forEach((idx, i) => data.set(x.subarray(idx * per, (idx + 1) * per), i * per));
-      return tf.tensor4d(data, [indices.length, o.size, o.size, 3]);
+      const data = new Uint8Array(indices.length * per);
+      indices.forEach((idx, i) => data.set(pixels.subarray(idx * per, (idx + 1) * per), i * per));
+      return tf.tensor4d(normalizeBytes(data, 3), [indices.length, o.size, o.size, 3]);
     },
   };
 }
