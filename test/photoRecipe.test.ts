@@ -77,6 +77,9 @@ test('small-photos preset on photo objects: trained from shards, evaluated on se
   const config = readCheckpointState(resolveCheckpoint(run)).config;
   assert.notEqual(preset.lambdaIn, 0.25);
   assert.deepEqual(config.maskTerms, { tv: preset.lambdaTv, maskedIn: 0.25 });
+  assert.ok(preset.cutMix > 0, 'the preset CutMixes, so the next line checks that it reaches the run');
+  assert.equal(config.cutMix, preset.cutMix, "the preset's CutMix share when --cutmix is not given");
+  assert.match(r.out, new RegExp(`CutMix on ${preset.cutMix} of the warm-up batches`));
   assert.equal(config.arch.classes, 3, 'a 3-way classifier for 3 synsets');
   assert.deepEqual([config.optim.classifierLr, config.optim.lrDecayEpochs, config.thinning], [preset.classifierLr, preset.lrDecayEpochs, 'L100']);
   assert.match(r.out, new RegExp(`RandomResizedCrop 32 \\(area ${preset.cropScale}-1\\) \\+ flip \\+ ColorJitter 0.3`));

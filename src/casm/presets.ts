@@ -27,10 +27,12 @@ export interface Preset {
   colorJitter: number;
   bnStatistics: BnStatistics;
   maskerImages: MaskerImages;
+  /** Share of warm-up batches CutMix'd (0: off). */
+  cutMix: number;
 }
 
 /** The paper's objective and the reference's augmentation and BatchNorm statistics. */
-const PAPER_TRAINING = { lambdaTv: 0, lambdaIn: 0, cropScale: 0.08, colorJitter: 0, bnStatistics: 'all', maskerImages: 'correct' } as const;
+const PAPER_TRAINING = { lambdaTv: 0, lambdaIn: 0, cropScale: 0.08, colorJitter: 0, bnStatistics: 'all', maskerImages: 'correct', cutMix: 0 } as const;
 
 export const PRESETS = {
   /** The built-in digits demo: a small ResNet on 64px canvases, sized to train in minutes on 2 cores. */
@@ -76,13 +78,14 @@ export const PRESETS = {
     inputSize: 128,
     classes: 1000,
     batchSize: 32,
-    // 40 epochs of the classifier alone (of 2,500 images at batch 32), then 10 of CASM.
-    epochs: 50,
+    // 80 epochs of the classifier alone (of 2,500 images at batch 32), then 10 of CASM: CutMix, a
+    // regulariser, pays with a longer warm-up (CASM LE seen / unseen 0.508 / 0.633 against 0.537 / 0.733 after 40).
+    epochs: 90,
     epochFraction: 1,
-    warmupSteps: 3120,
+    warmupSteps: 6240,
     classifierLr: 0.03,
     maskerLr: 1e-3,
-    lrDecayEpochs: 45,
+    lrDecayEpochs: 85,
     lambdaTv: 10,
     // 0.5 and 0.25 localise seen classes better than 1 (0.605, 0.610 against 0.662) and unseen ones as well (0.683 all three); 0 loses the unseen classes (0.758).
     lambdaIn: 0.5,
@@ -90,6 +93,9 @@ export const PRESETS = {
     colorJitter: 0,
     bnStatistics: 'clean',
     maskerImages: 'correct',
+    // A classifier that cannot lean on the object's surroundings must recognise the object: CASM LE on all
+    // 520 photo-objects validation images 0.583 against 0.623 without it, both after 40 warm-up epochs (README).
+    cutMix: 0.5,
   },
 } satisfies Record<string, Preset>;
 export type PresetName = keyof typeof PRESETS;

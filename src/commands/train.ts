@@ -65,7 +65,7 @@ export interface TrainOptions {
   preset?: PresetName;
   classifierStep: ClassifierStep;
   trainNoise: number;
-  cutmix: number;
+  cutmix?: number;
   warmupSteps?: number;
   batchSize?: number;
   epochs?: number;
@@ -104,7 +104,7 @@ export function trainConfigFrom(o: TrainOptions, classes: number): TrainConfig {
     maskerImages: o.maskerImages ?? p.maskerImages,
     classifierStep: o.classifierStep,
     trainNoise: o.trainNoise,
-    cutMix: o.cutmix,
+    cutMix: o.cutmix ?? p.cutMix,
     warmupSteps: o.warmupSteps ?? p.warmupSteps,
     optim: {
       ...DEFAULT_OPTIM,
@@ -217,7 +217,11 @@ export function withTrainOptions(cmd: Command): Command {
       new Option('--classifier-step <kind>', "classifier update: eq. 8 'joint' or the reference's 'two-step'").choices(['joint', 'two-step']).default('joint'),
     )
     .option('--train-noise <s>', 'Gaussian input noise level for the classifier (SmoothGrad 3.5); 0 = off', num(0, 10), 0)
-    .option('--cutmix <p>', "probability that a warm-up batch is CutMix'd (a box pasted from another image, labels mixed by area); 0 = off", num(0, 1), 0)
+    .option(
+      '--cutmix <p>',
+      `probability that a warm-up batch is CutMix'd (a box pasted from another image, labels mixed by area); 0 = off${presetHelp('cutMix')}`,
+      num(0, 1),
+    )
     .option('--warmup-steps <n>', `iterations of classifier-only training before CASM${presetHelp('warmupSteps')}`, int(0))
     .option('--batch-size <n>', `images per iteration${presetHelp('batchSize')}`, int(1))
     .option('--epochs <n>', `epochs${presetHelp('epochs')}`, int(1))
