@@ -56,11 +56,6 @@ export interface TrainConfig {
   /** Probability that a warm-up batch is CutMix'd (cutMix.ts); 0 = off. */
   cutMix: number;
   /**
-   * The same in the CASM phase: the probability that the clean term of a classifier step is on a
-   * CutMix'd batch (the masks still come from the batch's own features); 0 = off, the paper's.
-   */
-  cutMixCasm: number;
-  /**
    * Iterations that train the classifier alone (clean cross-entropy) before CASM starts. The
    * paper starts from a pretrained classifier; a masker scored against an untrained one learns
    * only the area penalty and collapses to empty masks. 0 with --classifier-weights.
@@ -100,7 +95,6 @@ export function defaultTrainConfig(overrides: Partial<TrainConfig> = {}): TrainC
     classifierStep: 'joint',
     trainNoise: 0,
     cutMix: 0,
-    cutMixCasm: 0,
     warmupSteps: 0,
     optim: DEFAULT_OPTIM,
     batchSize: 128,

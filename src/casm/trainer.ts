@@ -297,41 +297,21 @@ export class CasmTrainer {
   /** One step on the loss of the clean and the masked-out image together (the paper's). */
   private jointClassifierStep(x: tf.Tensor4D, y: tf.Tensor1D, keep: Keep): { loss: tf.Scalar; aside: CleanPass } {
     return this.classifierUpdate(() => {
-      const { loss, clean } = this.cleanTerm(x, y, keep);
-      return { loss: tf.mul(0.5, tf.add(loss, crossEntropy(this.classifyMasked(this.noisy(maskedOut(x, clean.masks))), y))), aside: clean };
+      const clean = this.cleanPass(this.noisy(x), true, x, keep);
+      return { loss: classifierLoss(clean.logits, this.classifyMasked(this.noisy(maskedOut(x, clean.masks))), y), aside: clean };
     });
   }
 
   /** The reference code's: a clean step, then a masked step only if the current classifier is f'. */
   private twoClassifierSteps(x: tf.Tensor4D, y: tf.Tensor1D, choice: PoolChoice, keep: Keep): { loss: tf.Scalar; aside: CleanPass } {
     const first = this.classifierUpdate(() => {
-      const { loss, clean } = this.cleanTerm(x, y, keep);
-      return { loss, aside: clean };
+      const clean = this.cleanPass(this.noisy(x), true, x, keep);
+      return { loss: crossEntropy(clean.logits, y), aside: clean };
     });
     if (choice.kind === 'current') {
       this.classifierUpdate(() => ({ loss: crossEntropy(this.classifyMasked(this.noisy(maskedOut(x, first.aside.masks))), y), aside: null }));
     }
     return first;
-  }
-
-  /**
-   * The clean pass of x and the classifier's clean term: CE on x, or, with probability
-   * cutMixCasm, the mixed CE on a CutMix'd x. The masks (and the masker's features) stay those of
-   * x itself; the mixed pass leaves the BatchNorm statistics to x's.
-   */
-  private cleanTerm(x: tf.Tensor4D, y: tf.Tensor1D, keep: Keep): { loss: tf.Scalar; clean: CleanPass } {
-    const clean = this.cleanPass(this.noisy(x), true, x, keep);
-    const p = this.config.cutMixCasm;
-    const mix = p > 0 && this.rng.next() < p ? cutMix(x, y, this.rng) : null;
-    if (!mix) return { loss: crossEntropy(clean.logits, y), clean };
-    return {
-      loss: mixedCrossEntropy(
-        withFrozenStatistics([this.classifier], () => this.model.classify(this.noisy(mix.x), true).logits),
-        y,
-        mix,
-      ),
-      clean,
-    };
   }
 
   /** The classifier on `input` (features and logits kept) and the masks of x decoded from its features. */

@@ -174,8 +174,6 @@ export function readCheckpointState(dir: string, { verifyFiles = true as boolean
   state.config.maskTerms ??= { ...NO_MASK_TERMS };
   state.config.bnStatistics ??= 'all';
   state.config.maskerImages ??= 'correct';
-  state.config.cutMix ??= 0;
-  state.config.cutMixCasm ??= 0;
   state.config.masker.stride ??= DEFAULT_MASKER.stride;
   const checked = verifyFiles === true ? Object.keys(state.files) : verifyFiles === false ? [] : verifyFiles;
   for (const file of checked) {

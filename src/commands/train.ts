@@ -66,7 +66,6 @@ export interface TrainOptions {
   classifierStep: ClassifierStep;
   trainNoise: number;
   cutmix?: number;
-  cutmixCasm: number;
   warmupSteps?: number;
   batchSize?: number;
   epochs?: number;
@@ -106,7 +105,6 @@ export function trainConfigFrom(o: TrainOptions, classes: number): TrainConfig {
     classifierStep: o.classifierStep,
     trainNoise: o.trainNoise,
     cutMix: o.cutmix ?? p.cutMix,
-    cutMixCasm: o.cutmixCasm,
     warmupSteps: o.warmupSteps ?? p.warmupSteps,
     optim: {
       ...DEFAULT_OPTIM,
@@ -224,7 +222,6 @@ export function withTrainOptions(cmd: Command): Command {
       `probability that a warm-up batch is CutMix'd (a box pasted from another image, labels mixed by area); 0 = off${presetHelp('cutMix')}`,
       num(0, 1),
     )
-    .option('--cutmix-casm <p>', "the same for the clean term of the CASM phase's classifier steps; 0 = off", num(0, 1), 0)
     .option('--warmup-steps <n>', `iterations of classifier-only training before CASM${presetHelp('warmupSteps')}`, int(0))
     .option('--batch-size <n>', `images per iteration${presetHelp('batchSize')}`, int(1))
     .option('--epochs <n>', `epochs${presetHelp('epochs')}`, int(1))

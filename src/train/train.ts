@@ -116,7 +116,6 @@ async function train(opts: RunOptions): Promise<RunResult> {
       (config.bnStatistics === 'clean' ? ', classifier BatchNorm statistics of clean images' : '') +
       (config.maskerImages === 'all' ? ', masker trained on all images' : '') +
       (config.cutMix > 0 ? `, CutMix on ${config.cutMix} of the warm-up batches` : '') +
-      (config.cutMixCasm > 0 ? `, CutMix on ${config.cutMixCasm} of the CASM phase's classifier steps` : '') +
       `, ${config.warmupSteps} warm-up steps on ${data.describe}, ` +
       `batch ${config.batchSize}, ${stepsPerEpoch} steps/epoch, steps ${trainer.step}..${totalSteps}; logs: ${tb.logdir}`,
   );
